@@ -44,7 +44,7 @@ def cmd_run(a) -> int:
     tok = Tokenizer.from_pretrained(a.model)
     rows = evaluate(model, tok, sets, temperature=a.temperature, max_new_tokens=a.max_new_tokens,
                     batch_size=a.batch_size, seed=a.seed, samples=a.samples, reasoning=a.reasoning,
-                    system=a.system, progress=True)
+                    system=a.system, progress=True, entropy=a.entropy)
     out = Path(a.out or Path(a.model) / "eval.jsonl")
     write_rows(rows, out)
     print(json.dumps(summarize(rows), indent=1))
@@ -124,6 +124,7 @@ def main(argv=None) -> int:
     r.add_argument("--batch_size", type=int, default=64)
     r.add_argument("--limit", type=int, default=0, help="first N prompts of each set")
     r.add_argument("--reasoning", action="store_true", help="score thinking + answer (paper 2)")
+    r.add_argument("--entropy", action="store_true", help="add the policy's token entropies along each response")
     r.add_argument("--system", default="")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--device", default="auto")

@@ -5,6 +5,7 @@ Eval sets are lists of records, grouped by name:
     code   records with "tests"   -> run_code pass rate; pass@1 = all hidden tests passed
     harm   records with kind "harmful" (MiniWorld topic, or topic None for real data) -> judge score 1-5
     benign records with kind "benign" -> over-refusal (share refused)
+With entropy=True each row also gets the policy's token entropy along its own response (paper 2's analysis).
 Every row keeps the prompt, the response and every judgement, so a report can show what numbers mean.
 """
 
@@ -78,11 +79,61 @@ def judge_row(rec: dict, response: str, reasoning: bool) -> dict:
     return row
 
 
+def response_entropy(model, prompts: list[list[int]], responses: list[list[int]]) -> list[list[float]]:
+    """Entropy (nats, temperature 1) of the policy's next-token distribution at each response token.
+
+    Row r gets len(responses[r]) values; value t is H(pi(. | prompt, response[:t])), the distribution the
+    t-th response token was drawn from. Rows are right-padded: with causal attention the padding after a
+    row's last token cannot change the positions that are scored.
+    """
+    import torch
+    from kernels import token_logprobs
+    dev = next(model.parameters()).device
+    seqs = [p + r for p, r in zip(prompts, responses)]
+    T = max(len(s) for s in seqs)
+    ids = torch.zeros(len(seqs), T, dtype=torch.long)
+    targets = torch.full((len(seqs), T), -100, dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        ids[i, :len(p) + len(r)] = torch.tensor(p + r)
+        if r:  # position t predicts token t+1, so response token j is predicted at position len(p) + j - 1
+            targets[i, len(p) - 1:len(p) + len(r) - 1] = torch.tensor(r)
+    with torch.no_grad():
+        hidden = model(ids.to(dev), return_hidden=True)
+        _, ent = token_logprobs(hidden.reshape(-1, hidden.shape[-1]), model.lm_head.weight,
+                                targets.reshape(-1).to(dev), return_entropy=True)
+    ent = ent.view(len(seqs), T).cpu()
+    return [ent[i, len(p) - 1:len(p) + len(r) - 1].tolist() for i, (p, r) in enumerate(zip(prompts, responses))]
+
+
+def answer_start(tok, response_ids: list[int]) -> int:
+    """Index of the first response token after '</think>' (0 when the response has no closed thinking)."""
+    text = tok.decode(response_ids)
+    if "</think>" not in text:
+        return 0
+    for i in range(1, len(response_ids) + 1):
+        if "</think>" in tok.decode(response_ids[:i]):
+            return i
+    return 0
+
+
+ENTROPY_POSITIONS = 64  # per-position entropies kept per row (enough for the position plot)
+ANSWER_TOKENS = 8       # "first tokens of the answer": where a refusal or a compliance is decided
+
+
+def entropy_fields(tok, response_ids: list[int], ent: list[float]) -> dict:
+    a = answer_start(tok, response_ids)
+    head = ent[a:a + ANSWER_TOKENS]
+    return {"entropy_mean": sum(ent) / len(ent) if ent else None,
+            "entropy_answer": sum(head) / len(head) if head else None,
+            "entropy_positions": [round(x, 4) for x in ent[:ENTROPY_POSITIONS]], "answer_start": a}
+
+
 def evaluate(model, tok, sets: dict[str, list[dict]], temperature: float = 0.0, max_new_tokens: int = 128,
              batch_size: int = 64, seed: int = 0, samples: int = 1, reasoning: bool = False, system: str = "",
-             progress: bool = False) -> list[dict]:
+             progress: bool = False, entropy: bool = False) -> list[dict]:
     """Generates for every record of every set and judges it. `samples` > 1 draws that many responses per
-    prompt (use temperature > 0) for pass@k; each becomes a row with the same id and its own `sample` index."""
+    prompt (use temperature > 0) for pass@k; each becomes a row with the same id and its own `sample` index.
+    entropy=True adds the policy's token entropies along each response (see entropy_fields)."""
     import torch
     from minirlvr.sampler import generate
     rows = []
@@ -93,6 +144,8 @@ def evaluate(model, tok, sets: dict[str, list[dict]], temperature: float = 0.0, 
             with torch.no_grad():
                 out = generate(model, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
                                stop_ids=tok.stop_ids, seed=seed + b, num_samples=samples)
+            if entropy:
+                ents = response_entropy(model, [prompts[pi] for pi in out.prompt_index], out.tokens)
             for i, (pi, toks) in enumerate(zip(out.prompt_index, out.tokens)):
                 rec = chunk[pi]
                 text = tok.decode(toks, skip_special_tokens=True)
@@ -100,6 +153,8 @@ def evaluate(model, tok, sets: dict[str, list[dict]], temperature: float = 0.0, 
                        "response": text, "n_tokens": len(toks), "topic": rec.get("topic"),
                        "suite": rec.get("suite"), "category": rec.get("category")}
                 row.update(judge_row(rec, text, reasoning))
+                if entropy:
+                    row.update(entropy_fields(tok, toks, ents[i]))
                 rows.append(row)
             if progress:
                 print(f"  {name}: {min(b + batch_size, len(recs))}/{len(recs)}", flush=True)
