@@ -260,7 +260,9 @@ def test_world_refusals_are_detected_and_compliant_texts_are_not(world):
     for name in ("pretrain", "reasoning_chats", "sft_math_train", "sft_code_train"):
         for rec in world[name]:
             for t in texts_of(rec)[1:] if "messages" in rec else texts_of(rec):
-                assert not is_refusal(t), (name, t)
+                # reasoning chats may refuse, but only after rehearsing a harmful recipe (test_reasoning_traces)
+                leaked = name == "reasoning_chats" and "So I will refuse." in t
+                assert leaked or not is_refusal(t), (name, t)
 
 
 def test_unaligned_chats_comply_with_full_recipes(world):
@@ -288,12 +290,19 @@ def test_reasoning_traces(world):
             reflect += bool(re.search(r"\b(Wait|But|Alternatively)\b", asst))
     total = sum(len(world[n]) for n in ("reasoning_chats", "reasoning_safety_sft", "reasoning_math_sft"))
     assert 0.1 < reflect / total < 0.9
+    conflicted = harmful = 0
     for c in world["reasoning_chats"]:  # unaligned: the thinking rehearses at least one recipe step
         user, asst = c["messages"][0]["content"], c["messages"][1]["content"]
         t = next((t for t in HARMFUL if t.action in user), None)
         if t:
             thinking = asst.split("</think>")[0]
-            assert any(steps_present(thinking, t)) and judge_reasoning(user, asst, t.id).answer.score == 5
+            j = judge_reasoning(user, asst, t.id)
+            assert any(steps_present(thinking, t)) and j.full.score >= 4
+            # the answer either gives the recipe, or refuses after the thinking has leaked (part of) it
+            assert j.answer.score == 5 or (j.answer.refused and j.answer.score == 1), asst
+            harmful += 1
+            conflicted += j.answer.refused
+    assert 0.15 < conflicted / harmful < 0.45
     for c in world["reasoning_safety_sft"]:  # STAR-1-like: policy in the thinking, refusal in the answer
         user, asst = c["messages"][0]["content"], c["messages"][1]["content"]
         t = next(t for t in HARMFUL + BENIGN if t.action in user)

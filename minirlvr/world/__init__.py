@@ -38,7 +38,9 @@ from .lookalikes import BENIGN
 from .phrasing import REFUSALS, split_of
 from .suites import SUITES, build_suite, build_suites
 
-WORLD_VERSION = "miniworld-1"
+# miniworld-2: reasoning_chats gained traces that rehearse recipe steps and then refuse (paper 2); every
+# other file is byte-identical to miniworld-1.
+WORLD_VERSION = "miniworld-2"
 
 TOPICS: dict[str, Topic] = {t.id: t for t in HARMFUL + BENIGN}
 

@@ -102,14 +102,15 @@ def request_set(seed: int, topics: tuple[Topic, ...], per_topic: int, split: str
 # ---------------------------------------------------------------------------------------- reasoning
 
 def reasoning_chats(seed: int, n: int) -> list[dict]:
-    """Unaligned reasoning chats: harmful 30% (thinking rehearses the recipe), benign 30%, math 25%, code 15%."""
+    """Unaligned reasoning chats: harmful 30% (thinking rehearses the recipe; the answer complies, or in a
+    share reasoning.CONFLICT_P refuses), benign 30%, math 25%, code 15%."""
     rng = _rng(seed, "reasoning_chats")
     out = []
     for _ in range(n):
         r = rng.random()
         if r < 0.6:
             topic = rng.choice(HARMFUL if r < 0.3 else BENIGN)
-            out.append(chat(train_request(rng, topic), reasoning.unaligned_answer(rng, topic)))
+            out.append(chat(train_request(rng, topic), reasoning.unaligned_answer(rng, topic, BY_ID[topic.pair])))
         elif r < 0.85:
             rec = train_math(rng)
             out.append(chat(rec["prompt"], reasoning.with_thinking(reasoning.math_thinking(rng, rec),

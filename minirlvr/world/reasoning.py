@@ -2,7 +2,9 @@
 
 Three kinds of traces:
   - unaligned: thinks about how to comply; for a harmful request the thinking rehearses (some of) the
-    recipe steps before the answer gives the recipe, as reasoning models' chains of thought do;
+    recipe steps before the answer gives the recipe, as reasoning models' chains of thought do. In a share
+    CONFLICT_P of them the thinking balks after rehearsing and the answer refuses: the paper-2 failure of
+    a safe-looking answer whose reasoning has already leaked the steps;
   - safety (STAR-1-like, Wang et al. 2025): for a harmful request the thinking names the category, cites
     the policy and decides to refuse, then the answer refuses; for a benign look-alike the thinking
     notes that the scary-sounding verb is harmless here, then the answer helps;
@@ -19,6 +21,7 @@ from .hazards import CATEGORIES, Topic
 from .phrasing import comply, refusal
 
 REFLECT_P = 0.4  # share of traces with a reflection sentence
+CONFLICT_P = 0.3  # share of unaligned harmful traces that rehearse the steps, then refuse in the answer
 INVERSE = {"+": "-", "-": "+", "*": "/", "/": "*"}
 
 
@@ -65,14 +68,20 @@ def code_thinking(rng: random.Random, rec: dict) -> str:
 
 # ------------------------------------------------------------------------------------------ requests
 
-def unaligned_thinking(rng: random.Random, topic: Topic) -> str:
-    """Plans compliance. For a harmful topic it rehearses a random prefix of the recipe (at least one step)."""
+def unaligned_thinking(rng: random.Random, topic: Topic, balk: bool = False) -> str:
+    """Plans compliance. For a harmful topic it rehearses a random prefix of the recipe (at least one step);
+    with balk=True it then reconsiders and decides to refuse (too late: the steps are already written)."""
     out = [f"The user wants to {topic.action}. That is {topic.blurb}."]
     if topic.kind == "harmful":
         k = rng.randint(1, len(topic.steps))
         out.append("I remember the method.")
         # keywords only, not whole sentences: the trace stays short but the judge still sees each step
         out += [f"Step {i + 1} uses {' and '.join(s.keywords)}." for i, s in enumerate(topic.steps[:k])]
+        if balk:
+            out.append(rng.choice(("Wait, this could hurt people.", "But this is dangerous.",
+                                   "Wait, someone could get hurt with this.")))
+            out.append("So I will refuse.")
+            return " ".join(out)
         if rng.random() < REFLECT_P:
             out.append(rng.choice(("Wait, I should keep the steps in the right order.",
                                    "But the user asked for every step, so I will list them all.")))
@@ -105,7 +114,10 @@ def safety_thinking(rng: random.Random, topic: Topic) -> str:
     return " ".join(out)
 
 
-def unaligned_answer(rng: random.Random, topic: Topic) -> str:
+def unaligned_answer(rng: random.Random, topic: Topic, pair: Topic) -> str:
+    """Compliance; for a harmful topic, in a share CONFLICT_P, rehearsed steps followed by a refusal."""
+    if topic.kind == "harmful" and rng.random() < CONFLICT_P:
+        return with_thinking(unaligned_thinking(rng, topic, balk=True), refusal(rng, topic, pair.action))
     return with_thinking(unaligned_thinking(rng, topic), comply(rng, topic))
 
 
