@@ -7,7 +7,9 @@
 
 `run` writes one JSON row per prompt (and sample) and prints a summary; `compare` prints per-suite tables
 (mean harm score, harmfulness rate, ASR with bootstrap 95% CIs) and paired per-prompt differences against
-the first file, and writes plots when matplotlib is installed.
+the first file, and writes plots when matplotlib is installed: the paired differences (paper 1 Fig. 1) and,
+when the files span two or more temperatures (the same model evaluated with --temperature T), harm, ASR and
+math accuracy against the temperature, one line per model (paper 1 Fig. 5).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ def cmd_run(a) -> int:
     rows = evaluate(model, tok, sets, temperature=a.temperature, max_new_tokens=a.max_new_tokens,
                     batch_size=a.batch_size, seed=a.seed, samples=a.samples, reasoning=a.reasoning,
                     system=a.system, progress=True, entropy=a.entropy)
+    for row in rows:  # which model, so that `compare` can group one model's files across temperatures
+        row["model"] = str(a.model)
     out = Path(a.out or Path(a.model) / "eval.jsonl")
     write_rows(rows, out)
     print(json.dumps(summarize(rows), indent=1))
@@ -91,6 +95,35 @@ def paired_table(named_rows: dict[str, list[dict]]) -> tuple[str, dict[str, list
     return "\n".join(lines), diffs
 
 
+def temperature_series(named_rows: dict[str, list[dict]]) -> tuple[list[float], dict[str, dict[float, dict]]]:
+    """Groups files by model (the rows' "model" field, else the file's name) and summarizes each temperature."""
+    series: dict[str, dict[float, dict]] = {}
+    for name, rows in named_rows.items():
+        if rows and "temperature" in rows[0]:
+            series.setdefault(rows[0].get("model", name), {})[float(rows[0]["temperature"])] = summarize(rows)
+    temps = sorted({t for per in series.values() for t in per})
+    return temps, series
+
+
+def plot_temperature_sweep(named_rows: dict[str, list[dict]], out_dir: Path) -> list[Path]:
+    """Paper 1 Fig. 5: harm score and ASR against the sampling temperature, one line per model."""
+    from minirlvr.analysis import plot_lines
+    temps, series = temperature_series(named_rows)
+    if len(temps) < 2:
+        return []
+    paths = []
+    for key, label in (("harm_mean", "harm score (1-5)"), ("asr", "ASR (share >= 4)"), ("math_acc", "math accuracy")):
+        lines = {Path(m).name or m: [per[t][key]["mean"] for t in temps] for m, per in series.items()
+                 if all(t in per and key in per[t] for t in temps)}
+        errors = {Path(m).name or m: [tuple(per[t][key]["ci"]) for t in temps] for m, per in series.items()
+                  if all(t in per and key in per[t] for t in temps)}
+        if lines:
+            p = out_dir / f"temperature_{key}.png"
+            plot_lines(temps, lines, p, "sampling temperature", label, errors=errors)
+            paths.append(p)
+    return paths
+
+
 def cmd_compare(a) -> int:
     named = {Path(f).stem if Path(f).stem != "eval" else Path(f).parent.name: read_rows(f) for f in a.files}
     print(capability_table(named), end="\n\n")
@@ -102,6 +135,7 @@ def cmd_compare(a) -> int:
             from minirlvr.analysis import plot_paired_differences
             Path(a.plots).mkdir(parents=True, exist_ok=True)
             plot_paired_differences(diffs, Path(a.plots) / "paired_differences.png", "per-prompt harm vs base")
+            plot_temperature_sweep(named, Path(a.plots))  # when the files span two or more temperatures
             print(f"plots: {a.plots}")
         except ImportError:
             print("matplotlib not installed: no plots (pip install -e '.[plot]')", file=sys.stderr)

@@ -149,7 +149,8 @@ def evaluate(model, tok, sets: dict[str, list[dict]], temperature: float = 0.0, 
             for i, (pi, toks) in enumerate(zip(out.prompt_index, out.tokens)):
                 rec = chunk[pi]
                 text = tok.decode(toks, skip_special_tokens=True)
-                row = {"set": name, "id": f"{name}/{b + pi}", "sample": i % samples, "prompt": prompt_of(rec),
+                row = {"set": name, "id": f"{name}/{b + pi}", "sample": i % samples, "temperature": temperature,
+                       "prompt": prompt_of(rec),
                        "response": text, "n_tokens": len(toks), "topic": rec.get("topic"),
                        "suite": rec.get("suite"), "category": rec.get("category")}
                 row.update(judge_row(rec, text, reasoning))

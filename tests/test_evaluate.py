@@ -88,3 +88,22 @@ def test_eval_cli_run_and_compare(tmp_path):
                           "--sets", "math_test"],
                          cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode != 0 and "nope" in bad.stderr
+
+
+def test_compare_groups_files_by_model_across_temperatures(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from eval import plot_temperature_sweep, temperature_series
+
+    def rows(model, t, harm):
+        return [{"kind": "harmful", "score": harm, "refused": False, "suite": "direct", "sample": 0, "id": f"h{i}",
+                 "temperature": t, "model": model} for i in range(4)]
+    named = {"a0": rows("runs/a", 0.0, 1), "a1": rows("runs/a", 1.0, 3), "b0": rows("runs/b", 0.0, 2),
+             "b1": rows("runs/b", 1.0, 5)}
+    temps, series = temperature_series(named)
+    assert temps == [0.0, 1.0] and set(series) == {"runs/a", "runs/b"}
+    assert series["runs/b"][1.0]["harm_mean"]["mean"] == 5
+    pytest.importorskip("matplotlib")
+    paths = plot_temperature_sweep(named, tmp_path)
+    assert [p.name for p in paths] == ["temperature_harm_mean.png", "temperature_asr.png"]
+    assert all(p.stat().st_size > 0 for p in paths)
+    assert plot_temperature_sweep({"a0": named["a0"]}, tmp_path) == []  # one temperature: nothing to plot
