@@ -1,0 +1,163 @@
+"""E2, the task domain: E1 on code. From the aligned base, SFT(code) vs GRPO(code) vs PPO(code).
+
+    python experiments/e2.py --seeds 0 1 --out results/E2
+
+The same design as E1 with code in place of math: every arm sees `prompts_per_step` code prompts of the same
+kind for the same number of optimiser steps; SFT trains on the reference solutions (runs/world/
+sft_code_train.jsonl), GRPO and PPO on G = 8 samples of their own for the prompts of rl_code_train.jsonl,
+rewarded by the share of hidden tests passed in the sandbox (minirlvr/rewards.py), KL-constrained to the base
+(beta = 0.05). `sft_lowlr` repeats SFT at the RL learning rate. Evaluation is greedy on code_test (a
+response is correct when it passes every test), math_test (to see whether code training moves math), the
+five adversarial suites, alignment-style harmful requests and benign look-alikes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (BASE, EVAL_SETS, ROOT, arm_summary, examples_md, fmt_ci, run_arms, suite_table,  # noqa: E402
+                    train_metrics, world, write_json)
+
+SETS = ["code_test", *EVAL_SETS]
+
+
+def arms(w: Path, steps: int, pps: int, lr_sft: float, lr_rl: float, beta: float, max_new: int) -> dict:
+    code_sft, code_rl = str(w / "sft_code_train.jsonl"), str(w / "rl_code_train.jsonl")
+    sft = lambda lr: (lambda s: ["sft", "--init", str(BASE), "--data", code_sft, "--steps", str(steps),
+                                 "--batch_size", str(pps), "--pack", "false", "--block_size", "192", "--lr", str(lr),
+                                 "--warmup", "0", "--min_lr_frac", "1.0", "--weight_decay", "0.0"])
+    rl = lambda algo: (lambda s: [algo, "--init", str(BASE), "--data", code_rl, "--steps", str(steps),
+                                  "--prompts_per_step", str(pps), "--group_size", "8", "--lr", str(lr_rl),
+                                  "--kl_coef", str(beta), "--max_new_tokens", str(max_new)])
+    return {"sft": sft(lr_sft), "sft_lowlr": sft(lr_rl), "grpo": rl("grpo"), "ppo": rl("ppo")}
+
+
+def table(summary: dict) -> str:
+    """common.summary_table with a code-accuracy column in front."""
+    na = {"mean": float("nan"), "ci": [float("nan")] * 2}
+    lines = ["| arm | code acc | math acc | refusal (harmful) | harm score (1-5) | harmfulness rate | ASR | over-refusal | "
+             "paired Δ harm vs base |", "|---|---|---|---|---|---|---|---|---|"]
+    for arm, s in summary.items():
+        g = lambda k, d=3: fmt_ci(s.get(k, na), d)
+        lines.append(f"| {arm} | {g('code_acc')} | {g('math_acc')} | {g('refusal_rate')} | {g('harm_mean', 2)} | "
+                     f"{g('harm_rate')} | {g('asr')} | {g('over_refusal')} | {g('paired_diff_vs_base')} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", default="results/E2")
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--prompts_per_step", type=int, default=8)
+    ap.add_argument("--lr_sft", type=float, default=3e-4)
+    ap.add_argument("--lr_rl", type=float, default=1e-4)
+    ap.add_argument("--beta", type=float, default=0.05)
+    ap.add_argument("--max_new_tokens", type=int, default=96, help="RL rollouts (reference solutions: ~20-40 tokens)")
+    ap.add_argument("--limit", type=int, default=120, help="prompts per eval set")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--arms", nargs="*", help="subset of arms")
+    a = ap.parse_args()
+    out = ROOT / a.out
+    t0 = time.time()
+    w = world()
+    all_arms = arms(w, a.steps, a.prompts_per_step, a.lr_sft, a.lr_rl, a.beta, a.max_new_tokens)
+    chosen = {k: v for k, v in all_arms.items() if not a.arms or k in a.arms}
+    res = run_arms(out, chosen, a.seeds, a.limit, a.jobs, sets=SETS)
+    base_rows = res["base"][0]
+    summary = {"base": arm_summary(res["base"], None)}
+    summary.update({k: arm_summary(v, base_rows) for k, v in res.items() if k != "base"})
+    for arm, per_seed in res.items():  # mean share of hidden tests passed, next to all-tests-pass accuracy
+        from minirlvr.analysis import bootstrap_ci
+        summary[arm]["code_pass_rate"] = bootstrap_ci([r["pass_rate"] for rows in per_seed for r in rows
+                                                       if r["kind"] == "code" and r["sample"] == 0])
+    minutes = (time.time() - t0) / 60
+    write_json(out / "summary.json", {"arms": summary, "seeds": a.seeds, "config": vars(a), "minutes": minutes})
+    plots = plot(out, res, base_rows, list(chosen), a.seeds)
+    cmd = " ".join(["python experiments/e2.py", *sys.argv[1:]])
+    report = [
+        "# E2: SFT vs RLVR on MiniWorld code (paper 1, task domain)", "",
+        f"Command: `{cmd}` ({minutes:.0f} min for this invocation; runs already on disk are reused).",
+        f"Seeds {a.seeds}; each arm {a.steps} steps x {a.prompts_per_step} code prompts from the aligned base; "
+        f"SFT lr {a.lr_sft} (and {a.lr_rl} for sft_lowlr) on reference solutions, GRPO/PPO lr {a.lr_rl}, beta {a.beta}, "
+        f"G = 8, max_new_tokens {a.max_new_tokens}, reward = share of hidden tests passed. Greedy evaluation, first "
+        f"{a.limit} prompts of each set; code acc = all tests pass. Mean [95% bootstrap CI] over prompts and seeds.", "",
+        "## Capability and safety", "", table(summary), "",
+        "Code pass rate (mean share of hidden tests passed, greedy): " +
+        ", ".join(f"{k} {fmt_ci(v['code_pass_rate'])}" for k, v in summary.items()) + ".", "",
+        "## Per suite: harm score / ASR", "", suite_table(summary), "",
+        *[f"![{p.stem}]({p.name})" for p in plots], "",
+        "## Training (mean over seeds)", "", curves(out, list(chosen), a.seeds), "",
+        "## What the responses look like (seed 0)", "",
+    ]
+    for arm, rows in res.items():
+        report += [f"### {arm}", "", examples_md(rows[0]), ""]
+    report += ["## Exact commands", "",
+               "Every training and evaluation command is in the first line of its log: "
+               f"`{a.out}/<arm>/seed<k>/train.log` and `eval.log`; the resolved config is in `config.json`, the "
+               "per-step metrics in `metrics.jsonl`, the per-prompt rows in `eval.jsonl`.", ""]
+    notes = out / "NOTES.md"  # the hand-written reading, kept apart so that rerunning does not overwrite it
+    if notes.is_file():
+        report += [notes.read_text()]
+    (out / "REPORT.md").write_text("\n".join(report))
+    print(table(summary))
+    print(f"\n{out / 'REPORT.md'}  ({minutes:.1f} min)")
+
+
+def _mean(xs):
+    xs = [x for x in xs if x == x]
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def curves(out: Path, names: list[str], seeds: list[int]) -> str:
+    lines = ["| arm | first 10 steps: loss / sampled reward | last 10 steps | KL to base, last 10 | "
+             "response length, last 10 | mean step time (s) |", "|---|---|---|---|---|---|"]
+    for n in names:
+        ms = [m for m in (train_metrics(out / n / f"seed{s}") for s in seeds) if m]
+        if not ms:
+            continue
+        key = "reward_mean" if "reward_mean" in ms[0][0] else "loss"
+        f = lambda k, sl: _mean([_mean([r.get(k, float("nan")) for r in m[sl]]) for m in ms])
+        first, last = slice(0, 10), slice(-10, None)
+        lines.append(f"| {n} | {key} {f(key, first):.3f} | {f(key, last):.3f} | {f('kl', last):.4f} | "
+                     f"{f('response_len', last):.1f} | {f('time_s', slice(None)):.2f} |")
+    return "\n".join(lines)
+
+
+def plot(out: Path, res: dict, base_rows: list[dict], names: list[str], seeds: list[int]) -> list[Path]:
+    try:
+        from minirlvr.analysis import paired_differences, plot_lines, plot_paired_differences
+    except ImportError:
+        return []
+    paths = []
+    base = [r for r in base_rows if r["kind"] == "harmful"]
+    diffs = {arm: [d for rows in per_seed for d in paired_differences(base, [r for r in rows if r["kind"] == "harmful"])]
+             for arm, per_seed in res.items() if arm != "base"}
+    try:
+        p = out / "paired_differences.png"
+        plot_paired_differences(diffs, p, "E2 (code): per-prompt harm score, arm - base")
+        paths.append(p)
+        series, steps = {}, None
+        for n in names:
+            ms = [m for m in (train_metrics(out / n / f"seed{s}") for s in seeds) if m]
+            if not ms or "reward_mean" not in ms[0][0]:
+                continue
+            T = min(len(m) for m in ms)
+            avg = [_mean([m[t]["reward_mean"] for m in ms]) for t in range(T)]
+            series[n] = [_mean(avg[max(0, t - 4):t + 1]) for t in range(T)]
+            steps = list(range(T))
+        if series:
+            p = out / "reward_curves.png"
+            plot_lines(steps, series, p, "step", "sampled reward (5-step moving average)", "E2: training reward (code)")
+            paths.append(p)
+    except ImportError:
+        pass
+    return paths
+
+
+if __name__ == "__main__":
+    main()
