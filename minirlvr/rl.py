@@ -254,7 +254,10 @@ def train_rl(cfg: RLConfig, algo: str = "grpo") -> Path:
                                               ref_logp[mb] if ref_logp is not None else None,
                                               adv[mb], mask[mb], clip_low=cfg.clip_low, clip_high=cfg.clip_high,
                                               kl_coef=loss_kl, kl_estimator=cfg.kl_estimator, agg=cfg.agg,
-                                              entropy=ent.detach())
+                                              entropy=ent.detach(),
+                                              # Dr.GRPO's constant: the generation budget, not this batch's
+                                              # padded width (which varies by step, and by rank under torchrun)
+                                              norm_len=float(cfg.max_new_tokens))
                 local, glob = _global_norm(cfg.agg, mask[mb])
                 loss = loss * (local / max(glob, 1e-8))  # this slice's share of the global loss
                 check_finite(loss, step)
