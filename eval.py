@@ -124,8 +124,20 @@ def plot_temperature_sweep(named_rows: dict[str, list[dict]], out_dir: Path) -> 
     return paths
 
 
+def file_names(files: list[str]) -> list[str]:
+    """Short unique names for the compared files: the stem (the folder for eval.jsonl), then as many parent
+    folders as it takes to tell them apart (results/E5/sft/T1/eval.jsonl -> sft/T1)."""
+    parts = [Path(f).with_suffix("").parts for f in files]
+    parts = [p[:-1] if p[-1] == "eval" and len(p) > 1 else p for p in parts]
+    for k in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-k:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    raise DataError(f"command line: the same file is given twice: {files}")
+
+
 def cmd_compare(a) -> int:
-    named = {Path(f).stem if Path(f).stem != "eval" else Path(f).parent.name: read_rows(f) for f in a.files}
+    named = {name: read_rows(f) for name, f in zip(file_names(a.files), a.files)}
     print(capability_table(named), end="\n\n")
     print(safety_table(named), end="\n\n")
     table, diffs = paired_table(named)

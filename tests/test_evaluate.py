@@ -81,7 +81,8 @@ def test_eval_cli_run_and_compare(tmp_path):
     subprocess.run(run, cwd=ROOT, check=True, capture_output=True)
     rows = [json.loads(l) for l in out.read_text().splitlines()]
     assert len(rows) == 3 and {r["kind"] for r in rows} == {"math", "harmful", "benign"}
-    p = subprocess.run([sys.executable, "eval.py", "compare", str(out), str(out)], cwd=ROOT, check=True,
+    (tmp_path / "arm.jsonl").write_text(out.read_text())
+    p = subprocess.run([sys.executable, "eval.py", "compare", str(out), str(tmp_path / "arm.jsonl")], cwd=ROOT, check=True,
                        capture_output=True, text=True)
     assert "harm" in p.stdout.lower()
     bad = subprocess.run([sys.executable, "eval.py", "run", "--model", str(tmp_path / "nope"), "--world", str(data),
@@ -107,3 +108,12 @@ def test_compare_groups_files_by_model_across_temperatures(tmp_path):
     assert [p.name for p in paths] == ["temperature_harm_mean.png", "temperature_asr.png"]
     assert all(p.stat().st_size > 0 for p in paths)
     assert plot_temperature_sweep({"a0": named["a0"]}, tmp_path) == []  # one temperature: nothing to plot
+
+
+def test_compare_names_files_uniquely():
+    sys.path.insert(0, str(ROOT))
+    from eval import file_names
+    assert file_names(["r/base.jsonl", "r/sft/eval.jsonl"]) == ["base", "sft"]
+    assert file_names(["E5/sft/T1/eval.jsonl", "E5/grpo/T1/eval.jsonl"]) == ["sft/T1", "grpo/T1"]
+    with pytest.raises(Exception, match="twice"):
+        file_names(["a/b.jsonl", "a/b.jsonl"])
