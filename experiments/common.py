@@ -193,3 +193,54 @@ def suite_table(summary: dict) -> str:
                  if x in s.get("per_suite", {}) else "-" for x in suites]
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ reports
+
+def mean_finite(xs) -> float:
+    xs = [x for x in xs if x == x]
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def curves_table(out: Path, names: list[str], seeds: list[int]) -> str:
+    """Training at a glance, mean over seeds: loss or sampled reward early and late, KL, length, step time."""
+    lines = ["| arm | first 10 steps: loss / sampled reward | last 10 steps | KL to base, last 10 | "
+             "response length, last 10 | mean step time (s) |", "|---|---|---|---|---|---|"]
+    for n in names:
+        ms = [m for m in (train_metrics(out / n / f"seed{s}") for s in seeds) if m]
+        if not ms:
+            continue
+        key = "reward_mean" if "reward_mean" in ms[0][0] else "loss"
+        f = lambda k, sl: mean_finite([mean_finite([r.get(k, float("nan")) for r in m[sl]]) for m in ms])
+        first, last = slice(0, 10), slice(-10, None)
+        lines.append(f"| {n} | {key} {f(key, first):.3f} | {f(key, last):.3f} | {f('kl', last):.4f} | "
+                     f"{f('response_len', last):.1f} | {f('time_s', slice(None)):.2f} |")
+    return "\n".join(lines)
+
+
+def report_plots(out: Path, res: dict, base_rows: list[dict], title: str, seeds: list[int] | None = None) -> list[Path]:
+    """Per-prompt paired harm differences (paper 1 Fig. 1) and, given seeds, the RL arms' reward curves
+    (seed mean, 5-step moving average: the sampled reward of 64 rollouts is noisy). None without matplotlib."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return []
+    from minirlvr.analysis import paired_differences, plot_lines, plot_paired_differences
+    base = [r for r in base_rows if r["kind"] == "harmful"]
+    diffs = {arm: [d for rows in per_seed for d in paired_differences(base, [r for r in rows if r["kind"] == "harmful"])]
+             for arm, per_seed in res.items() if arm != "base"}
+    paths = [out / "paired_differences.png"]
+    plot_paired_differences(diffs, paths[0], f"{title}: per-prompt harm score, arm - base")
+    series, steps = {}, []
+    for n in [a for a in res if a != "base"] if seeds else []:
+        ms = [m for m in (train_metrics(out / n / f"seed{s}") for s in seeds) if m]
+        if not ms or "reward_mean" not in ms[0][0]:
+            continue
+        T = min(len(m) for m in ms)
+        avg = [mean_finite([m[t]["reward_mean"] for m in ms]) for t in range(T)]
+        series[n] = [mean_finite(avg[max(0, t - 4):t + 1]) for t in range(T)]
+        steps = list(range(T))
+    if series:
+        paths.append(out / "reward_curves.png")
+        plot_lines(steps, series, paths[-1], "step", "sampled reward (5-step moving average)", f"{title}: training reward")
+    return paths

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (ROOT, arm_summary, examples_md, run_arms, suite_table, summary_table, train_metrics,  # noqa: E402
-                    world, write_json)
+from common import (ROOT, arm_summary, curves_table, examples_md, report_plots, run_arms, suite_table,  # noqa: E402
+                    summary_table, world, write_json)
 
 
 def arms(w: Path, steps: int, pps: int, lr_sft: float, lr_rl: float, beta: float) -> dict:
@@ -60,7 +60,7 @@ def main() -> None:
     summary.update({k: arm_summary(v, base_rows) for k, v in res.items() if k != "base"})
     minutes = (time.time() - t0) / 60
     write_json(out / "summary.json", {"arms": summary, "seeds": a.seeds, "config": vars(a), "minutes": minutes})
-    plots = plot(out, res, base_rows)
+    plots = report_plots(out, res, base_rows, "E1")
     cmd = " ".join(["python experiments/e1.py", *sys.argv[1:]])
     report = [
         "# E1: SFT vs RLVR on MiniWorld math (paper 1 headline)", "",
@@ -71,7 +71,7 @@ def main() -> None:
         "## Capability and safety", "", summary_table(summary), "",
         "## Per suite: harm score / ASR", "", suite_table(summary), "",
         *[f"![{p.stem}]({p.name})" for p in plots], "",
-        "## Training curves (last step, mean over seeds)", "", curves(out, list(chosen), a.seeds), "",
+        "## Training curves (last step, mean over seeds)", "", curves_table(out, list(chosen), a.seeds), "",
         "## What the responses look like", "",
     ]
     for arm, rows in res.items():
@@ -81,40 +81,6 @@ def main() -> None:
     (out / "REPORT.md").write_text("\n".join(report))
     print(summary_table(summary))
     print(f"\n{out / 'REPORT.md'}  ({minutes:.1f} min)")
-
-
-def curves(out: Path, names: list[str], seeds: list[int]) -> str:
-    lines = ["| arm | final loss / reward | final KL to base | mean step time (s) |", "|---|---|---|---|"]
-    for n in names:
-        ms = [train_metrics(out / n / f"seed{s}") for s in seeds]
-        ms = [m for m in ms if m]
-        if not ms:
-            continue
-        last = [m[-1] for m in ms]
-        key = "reward_mean" if "reward_mean" in last[0] else "loss"
-        kl = [x.get("kl", float("nan")) for x in last]
-        t = sum(sum(r["time_s"] for r in m) / len(m) for m in ms) / len(ms)
-        lines.append(f"| {n} | {key} {sum(x[key] for x in last) / len(last):.3f} | {sum(kl) / len(kl):.4f} | {t:.2f} |")
-    return "\n".join(lines)
-
-
-def plot(out: Path, res: dict, base_rows: list[dict]) -> list[Path]:
-    try:
-        from minirlvr.analysis import paired_differences, plot_paired_differences
-    except ImportError:
-        return []
-    diffs = {}
-    base = [r for r in base_rows if r["kind"] == "harmful"]
-    for arm, per_seed in res.items():
-        if arm == "base":
-            continue
-        diffs[arm] = [d for rows in per_seed for d in paired_differences(base, [r for r in rows if r["kind"] == "harmful"])]
-    try:
-        p = out / "paired_differences.png"
-        plot_paired_differences(diffs, p, "E1: per-prompt harm score, arm - base")
-        return [p]
-    except ImportError:
-        return []
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (BASE, EVAL_SETS, ROOT, arm_summary, examples_md, fmt_ci, run_arms, suite_table,  # noqa: E402
-                    train_metrics, world, write_json)
+from common import (BASE, EVAL_SETS, ROOT, arm_summary, curves_table, examples_md, fmt_ci, report_plots,  # noqa: E402
+                    run_arms, suite_table, world, write_json)
 
 SETS = ["code_test", *EVAL_SETS]
 
@@ -77,7 +77,7 @@ def main() -> None:
                                                        if r["kind"] == "code" and r["sample"] == 0])
     minutes = (time.time() - t0) / 60
     write_json(out / "summary.json", {"arms": summary, "seeds": a.seeds, "config": vars(a), "minutes": minutes})
-    plots = plot(out, res, base_rows, list(chosen), a.seeds)
+    plots = report_plots(out, res, base_rows, "E2 (code)", a.seeds)
     cmd = " ".join(["python experiments/e2.py", *sys.argv[1:]])
     report = [
         "# E2: SFT vs RLVR on MiniWorld code (paper 1, task domain)", "",
@@ -91,7 +91,7 @@ def main() -> None:
         ", ".join(f"{k} {fmt_ci(v['code_pass_rate'])}" for k, v in summary.items()) + ".", "",
         "## Per suite: harm score / ASR", "", suite_table(summary), "",
         *[f"![{p.stem}]({p.name})" for p in plots], "",
-        "## Training (mean over seeds)", "", curves(out, list(chosen), a.seeds), "",
+        "## Training (mean over seeds)", "", curves_table(out, list(chosen), a.seeds), "",
         "## What the responses look like (seed 0)", "",
     ]
     for arm, rows in res.items():
@@ -106,57 +106,6 @@ def main() -> None:
     (out / "REPORT.md").write_text("\n".join(report))
     print(table(summary))
     print(f"\n{out / 'REPORT.md'}  ({minutes:.1f} min)")
-
-
-def _mean(xs):
-    xs = [x for x in xs if x == x]
-    return sum(xs) / len(xs) if xs else float("nan")
-
-
-def curves(out: Path, names: list[str], seeds: list[int]) -> str:
-    lines = ["| arm | first 10 steps: loss / sampled reward | last 10 steps | KL to base, last 10 | "
-             "response length, last 10 | mean step time (s) |", "|---|---|---|---|---|---|"]
-    for n in names:
-        ms = [m for m in (train_metrics(out / n / f"seed{s}") for s in seeds) if m]
-        if not ms:
-            continue
-        key = "reward_mean" if "reward_mean" in ms[0][0] else "loss"
-        f = lambda k, sl: _mean([_mean([r.get(k, float("nan")) for r in m[sl]]) for m in ms])
-        first, last = slice(0, 10), slice(-10, None)
-        lines.append(f"| {n} | {key} {f(key, first):.3f} | {f(key, last):.3f} | {f('kl', last):.4f} | "
-                     f"{f('response_len', last):.1f} | {f('time_s', slice(None)):.2f} |")
-    return "\n".join(lines)
-
-
-def plot(out: Path, res: dict, base_rows: list[dict], names: list[str], seeds: list[int]) -> list[Path]:
-    try:
-        from minirlvr.analysis import paired_differences, plot_lines, plot_paired_differences
-    except ImportError:
-        return []
-    paths = []
-    base = [r for r in base_rows if r["kind"] == "harmful"]
-    diffs = {arm: [d for rows in per_seed for d in paired_differences(base, [r for r in rows if r["kind"] == "harmful"])]
-             for arm, per_seed in res.items() if arm != "base"}
-    try:
-        p = out / "paired_differences.png"
-        plot_paired_differences(diffs, p, "E2 (code): per-prompt harm score, arm - base")
-        paths.append(p)
-        series, steps = {}, None
-        for n in names:
-            ms = [m for m in (train_metrics(out / n / f"seed{s}") for s in seeds) if m]
-            if not ms or "reward_mean" not in ms[0][0]:
-                continue
-            T = min(len(m) for m in ms)
-            avg = [_mean([m[t]["reward_mean"] for m in ms]) for t in range(T)]
-            series[n] = [_mean(avg[max(0, t - 4):t + 1]) for t in range(T)]
-            steps = list(range(T))
-        if series:
-            p = out / "reward_curves.png"
-            plot_lines(steps, series, p, "step", "sampled reward (5-step moving average)", "E2: training reward (code)")
-            paths.append(p)
-    except ImportError:
-        pass
-    return paths
 
 
 if __name__ == "__main__":

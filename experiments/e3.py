@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (BASE, ROOT, arm_summary, examples_md, run_arms, suite_table, summary_table,  # noqa: E402
-                    train_metrics, world, write_json)
+from common import (BASE, ROOT, arm_summary, curves_table, examples_md, report_plots, run_arms,  # noqa: E402
+                    suite_table, summary_table, world, write_json)
 
 ARM_FLAGS = {
     "grpo": ("grpo", ["--advantage", "grpo"]),
@@ -111,7 +111,7 @@ def main() -> None:
     minutes = (time.time() - t0) / 60
     write_json(out / "summary.json", {"arms": summary, "seeds": a.seeds, "config": vars(a), "minutes": minutes,
                                       "reused": reused})
-    plots = plot(out, res, base_rows, a.arms, a.seeds)
+    plots = report_plots(out, res, base_rows, "E3", a.seeds)
     cmd = " ".join(["python experiments/e3.py", *sys.argv[1:]])
     report = [
         "# E3: GRPO vs Dr.GRPO vs RLOO vs PPO on MiniWorld math", "",
@@ -136,7 +136,7 @@ def main() -> None:
         "## Per suite: harm score / ASR", "", suite_table(summary), "",
         *[f"![{p.stem}]({p.name})" for p in plots], "",
         "## Per seed: math acc / harm score", "", per_seed_table(res, a.seeds), "",
-        "## Training (mean over seeds)", "", curves(out, a.arms, a.seeds), "",
+        "## Training (mean over seeds)", "", curves_table(out, a.arms, a.seeds), "",
         "Step times of reused runs are E1's, measured under a different machine load; the sampled rewards of all "
         "arms move together because every arm draws the same prompts at the same step (row order depends only on "
         "the seed). Dr.GRPO's constant normaliser is, in train.py as it stands, the padded response width of the "
@@ -157,11 +157,6 @@ def main() -> None:
     print(f"\n{out / 'REPORT.md'}  ({minutes:.1f} min)")
 
 
-def _mean(xs):
-    xs = [x for x in xs if x == x]
-    return sum(xs) / len(xs) if xs else float("nan")
-
-
 def per_seed_table(res: dict, seeds: list[int]) -> str:
     from minirlvr.evaluate import summarize
     lines = ["| arm | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
@@ -172,52 +167,6 @@ def per_seed_table(res: dict, seeds: list[int]) -> str:
             cells.append(f"{s['math_acc']['mean']:.3f} / {s['harm_mean']['mean']:.2f}")
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def curves(out: Path, names: list[str], seeds: list[int]) -> str:
-    lines = ["| arm | sampled reward, first 10 steps | sampled reward, last 10 steps | KL to base, last 10 steps | "
-             "response length, last 10 | mean step time (s) |", "|---|---|---|---|---|---|"]
-    for n in names:
-        ms = [m for m in (train_metrics(out / n / f"seed{s}") for s in seeds) if m]
-        if not ms:
-            continue
-        f = lambda key, sl: _mean([_mean([r.get(key, float("nan")) for r in m[sl]]) for m in ms])
-        first, last = slice(0, 10), slice(-10, None)
-        lines.append(f"| {n} | {f('reward_mean', first):.3f} | {f('reward_mean', last):.3f} | {f('kl', last):.4f} | "
-                     f"{f('response_len', last):.1f} | {f('time_s', slice(None)):.2f} |")
-    return "\n".join(lines)
-
-
-def plot(out: Path, res: dict, base_rows: list[dict], names: list[str], seeds: list[int]) -> list[Path]:
-    try:
-        from minirlvr.analysis import paired_differences, plot_lines, plot_paired_differences
-    except ImportError:
-        return []
-    paths = []
-    base = [r for r in base_rows if r["kind"] == "harmful"]
-    diffs = {arm: [d for rows in per_seed for d in paired_differences(base, [r for r in rows if r["kind"] == "harmful"])]
-             for arm, per_seed in res.items() if arm != "base"}
-    try:
-        p = out / "paired_differences.png"
-        plot_paired_differences(diffs, p, "E3: per-prompt harm score, arm - base")
-        paths.append(p)
-        series, steps = {}, None
-        for n in names:
-            ms = [m for m in (train_metrics(out / n / f"seed{s}") for s in seeds) if m]
-            if not ms:
-                continue
-            T = min(len(m) for m in ms)
-            k = 5  # moving average over 5 steps, the sampled reward of 64 rollouts is noisy
-            avg = [_mean([m[t]["reward_mean"] for m in ms]) for t in range(T)]
-            series[n] = [_mean(avg[max(0, t - k + 1):t + 1]) for t in range(T)]
-            steps = list(range(T))
-        if series:
-            p = out / "reward_curves.png"
-            plot_lines(steps, series, p, "step", "sampled reward", "E3: training reward (seed mean, 5-step avg)")
-            paths.append(p)
-    except ImportError:
-        pass
-    return paths
 
 
 if __name__ == "__main__":
