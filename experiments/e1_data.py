@@ -72,7 +72,11 @@ def main() -> None:
     grpo = lambda s: ["grpo", "--init", str(BASE), "--data", str(prompts), "--steps", str(a.steps), "--prompts_per_step",
                       str(a.batch_size), "--group_size", "8", "--lr", str(a.lr_rl), "--kl_coef", str(a.beta),
                       "--max_new_tokens", "96"]
-    all_arms = {"sft_helpful": sft(a.lr), "sft_helpful_lowlr": sft(a.lr_rl), "grpo_helpful": grpo}
+    # the same GRPO with groups whose rewards are all equal masked out of the loss (KL term included): a step
+    # without any refusal among its samples then has zero gradient, instead of a small one that Adam rescales
+    grpo_filter = lambda s: grpo(s) + ["--filter_zero_variance", "true"]
+    all_arms = {"sft_helpful": sft(a.lr), "sft_helpful_lowlr": sft(a.lr_rl), "grpo_helpful": grpo,
+                "grpo_helpful_filter": grpo_filter}
     chosen = {k: v for k, v in all_arms.items() if not a.arms or k in a.arms}
     res = run_arms(out, chosen, a.seeds, a.limit, a.jobs)
     base_rows = res["base"][0]
