@@ -244,3 +244,20 @@ def report_plots(out: Path, res: dict, base_rows: list[dict], title: str, seeds:
         paths.append(out / "reward_curves.png")
         plot_lines(steps, series, paths[-1], "step", "sampled reward (5-step moving average)", f"{title}: training reward")
     return paths
+
+
+def arm_args(out: str, steps: int, limit: int) -> "argparse.ArgumentParser":
+    """The flags every SFT-vs-RL experiment shares; a script adds its own before parse_args()."""
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", default=out)
+    ap.add_argument("--steps", type=int, default=steps)
+    ap.add_argument("--prompts_per_step", type=int, default=8)
+    ap.add_argument("--lr_sft", type=float, default=3e-4)
+    ap.add_argument("--lr_rl", type=float, default=1e-4)
+    ap.add_argument("--beta", type=float, default=0.05)
+    ap.add_argument("--limit", type=int, default=limit, help="prompts per eval set")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--arms", nargs="*", help="subset of arms")
+    return ap

@@ -12,13 +12,12 @@ look-alikes. `sft_lowlr` repeats SFT at the RL learning rate, so that "SFT erode
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (ROOT, arm_summary, curves_table, examples_md, report_plots, run_arms, suite_table,  # noqa: E402
+from common import (arm_args, ROOT, arm_summary, curves_table, examples_md, report_plots, run_arms, suite_table,  # noqa: E402
                     summary_table, world, write_json)
 
 
@@ -37,17 +36,7 @@ BASE_DIR = ROOT / "assets" / "miniworld-base"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--out", default="results/E1")
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--prompts_per_step", type=int, default=8)
-    ap.add_argument("--lr_sft", type=float, default=3e-4)
-    ap.add_argument("--lr_rl", type=float, default=1e-4)
-    ap.add_argument("--beta", type=float, default=0.05)
-    ap.add_argument("--limit", type=int, default=120, help="prompts per eval set")
-    ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--arms", nargs="*", help="subset of arms")
+    ap = arm_args("results/E1", steps=50, limit=120)
     a = ap.parse_args()
     out = ROOT / a.out
     t0 = time.time()

@@ -13,13 +13,12 @@ five adversarial suites, alignment-style harmful requests and benign look-alikes
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (BASE, EVAL_SETS, ROOT, arm_summary, curves_table, examples_md, fmt_ci, report_plots,  # noqa: E402
+from common import (arm_args, BASE, EVAL_SETS, ROOT, arm_summary, curves_table, examples_md, fmt_ci, report_plots,  # noqa: E402
                     run_arms, suite_table, world, write_json)
 
 SETS = ["code_test", *EVAL_SETS]
@@ -49,18 +48,8 @@ def table(summary: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--out", default="results/E2")
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--prompts_per_step", type=int, default=8)
-    ap.add_argument("--lr_sft", type=float, default=3e-4)
-    ap.add_argument("--lr_rl", type=float, default=1e-4)
-    ap.add_argument("--beta", type=float, default=0.05)
+    ap = arm_args("results/E2", steps=50, limit=120)
     ap.add_argument("--max_new_tokens", type=int, default=96, help="RL rollouts (reference solutions: ~20-40 tokens)")
-    ap.add_argument("--limit", type=int, default=120, help="prompts per eval set")
-    ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--arms", nargs="*", help="subset of arms")
     a = ap.parse_args()
     out = ROOT / a.out
     t0 = time.time()

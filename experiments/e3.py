@@ -139,8 +139,8 @@ def main() -> None:
         "## Training (mean over seeds)", "", curves_table(out, a.arms, a.seeds), "",
         "Step times of reused runs are E1's, measured under a different machine load; the sampled rewards of all "
         "arms move together because every arm draws the same prompts at the same step (row order depends only on "
-        "the seed). Dr.GRPO's constant normaliser is, in train.py as it stands, the padded response width of the "
-        "step's batch (rl.py does not pass `norm_len` to `policy_loss`), not max_new_tokens.", "",
+        "the seed). These Dr.GRPO runs divided by the padded response width of each step's batch; rl.py has since "
+        "been fixed to divide by the constant max_new_tokens, as Dr.GRPO prescribes.", "",
         "## What the responses look like (seed 0)", "",
     ]
     for arm, rows in res.items():

@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys
@@ -26,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (EVAL_SETS, PY, ROOT, bootstrap_ci, fmt_ci, run_arms, sh, train_metrics, world,  # noqa: E402
+from common import (arm_args, EVAL_SETS, PY, ROOT, bootstrap_ci, fmt_ci, run_arms, sh, train_metrics, world,  # noqa: E402
                     write_json)
 
 from minirlvr.analysis import REFLECTION_WORDS, reflection_counts  # noqa: E402
@@ -202,18 +201,8 @@ def examples(rows: list[dict], n: int = 3) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--out", default="results/F1")
-    ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--prompts_per_step", type=int, default=8)
-    ap.add_argument("--lr_sft", type=float, default=3e-4)
-    ap.add_argument("--lr_rl", type=float, default=1e-4)
-    ap.add_argument("--beta", type=float, default=0.05)
+    ap = arm_args("results/F1", steps=40, limit=60)
     ap.add_argument("--format_reward", type=float, default=0.2)
-    ap.add_argument("--limit", type=int, default=60, help="prompts per eval set")
-    ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--arms", nargs="*", help="subset of arms")
     a = ap.parse_args()
     out = ROOT / a.out
     t0 = time.time()
