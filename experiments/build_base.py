@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PY, ROOT, sh, world  # noqa: E402
+from common import PY, ROOT, finished, sh, world  # noqa: E402
 
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
@@ -49,10 +49,9 @@ def main() -> None:
         [PY, "train.py", "sft", "--config", "experiments/configs/align.toml", "--init", "runs/base/pretrain/model",
          "--out", "runs/base/align"],
     ]
-    for c, done in zip(cmds, ("runs/base/pretrain/model", "runs/base/align/model")):
-        state = ROOT / done / "trainer_state.json"
-        if state.is_file() and json.loads(state.read_text())["step"] == json.loads(state.read_text())["config"]["steps"]:
-            print(f"  reusing finished run {done}")  # rerunning a finished stage would only redo the same work
+    for c, done in zip(cmds, ("runs/base/pretrain", "runs/base/align")):
+        if finished(ROOT / done):
+            print(f"  reusing finished run {done}")
             continue
         sh(c, threads=2)
     manifest = json.loads((w / "manifest.json").read_text())

@@ -7,6 +7,7 @@ On a 2-core CPU, two single-threaded jobs at a time beat one two-threaded job fo
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -30,6 +31,15 @@ def world(out: Path = ROOT / "runs" / "world", seed: int = 0) -> Path:
     if not (out / "manifest.json").is_file():
         sh([PY, "-m", "minirlvr.world", "build", "--out", str(out), "--seed", str(seed)])
     return out
+
+
+def finished(run: Path) -> bool:
+    """Did the train.py run writing to `run` reach its last step? (Rerunning it would only redo the same work.)"""
+    f = run / "model" / "trainer_state.json"
+    if not f.is_file():
+        return False
+    state = json.loads(f.read_text())
+    return state["step"] == state["config"]["steps"]
 
 
 def sh(cmd: list[str], log: Path | None = None, threads: int | None = None) -> None:
@@ -121,7 +131,7 @@ def examples_md(rows: list[dict], per_suite: int = 2) -> str:
     return "\n".join(out)
 
 
-__all__ = ["ROOT", "PY", "BASE", "world", "sh", "parallel", "eval_cmd", "pooled", "paired_vs_base", "load",
+__all__ = ["ROOT", "PY", "BASE", "world", "finished", "sh", "parallel", "eval_cmd", "pooled", "paired_vs_base", "load",
            "write_json", "examples_md", "fmt_ci", "summarize", "SUITES"]
 
 
@@ -222,7 +232,7 @@ def report_plots(out: Path, res: dict, base_rows: list[dict], title: str, seeds:
     """Per-prompt paired harm differences (paper 1 Fig. 1) and, given seeds, the RL arms' reward curves
     (seed mean, 5-step moving average: the sampled reward of 64 rollouts is noisy). None without matplotlib."""
     try:
-        import matplotlib  # noqa: F401
+        import matplotlib  # noqa: F401  (plots are optional)
     except ImportError:
         return []
     from minirlvr.analysis import paired_differences, plot_lines, plot_paired_differences
@@ -246,9 +256,8 @@ def report_plots(out: Path, res: dict, base_rows: list[dict], title: str, seeds:
     return paths
 
 
-def arm_args(out: str, steps: int, limit: int) -> "argparse.ArgumentParser":
+def arm_args(out: str, steps: int, limit: int) -> argparse.ArgumentParser:
     """The flags every SFT-vs-RL experiment shares; a script adds its own before parse_args()."""
-    import argparse
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default=out)

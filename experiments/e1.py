@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (arm_args, ROOT, arm_summary, curves_table, examples_md, report_plots, run_arms, suite_table,  # noqa: E402
+from common import (ROOT, arm_args, arm_summary, curves_table, examples_md, report_plots, run_arms, suite_table,  # noqa: E402
                     summary_table, world, write_json)
 
 

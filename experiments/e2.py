@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (arm_args, BASE, EVAL_SETS, ROOT, arm_summary, curves_table, examples_md, fmt_ci, report_plots,  # noqa: E402
+from common import (BASE, EVAL_SETS, ROOT, arm_args, arm_summary, curves_table, examples_md, fmt_ci, report_plots,  # noqa: E402
                     run_arms, suite_table, world, write_json)
 
 SETS = ["code_test", *EVAL_SETS]

@@ -23,7 +23,6 @@ data, so the sizes differ in nothing else.) From each aligned base, e1.py's `sft
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -31,22 +30,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (EVAL_SETS, PY, ROOT, eval_cmd, fmt_ci, load, paired_vs_base, sh, summarize,  # noqa: E402
-                    train_metrics, world, write_json)
+from common import (EVAL_SETS, PY, ROOT, eval_cmd, finished, fmt_ci, load, paired_vs_base, sh,  # noqa: E402
+                    summarize, train_metrics, world, write_json)
 from e1 import arms as e1_arms  # noqa: E402
 
 # name -> (hidden, intermediate, layers, heads, kv heads); None = the shipped base, whose runs are E1's
 SIZES = {"h96_l2": (96, 256, 2, 3, 1), "h128_l3": (128, 352, 3, 4, 2), "h192_l4": None}
 ARMS = ("sft", "grpo")
 METRICS = ("math_acc", "harm_mean", "harm_rate", "asr", "refusal_rate", "over_refusal")
-
-
-def finished(run: Path) -> bool:
-    f = run / "model" / "trainer_state.json"
-    if not f.is_file():
-        return False
-    s = json.loads(f.read_text())
-    return s["step"] == s["config"]["steps"]
 
 
 def with_init(argv: list[str], init: Path) -> list[str]:

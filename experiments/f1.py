@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (arm_args, EVAL_SETS, PY, ROOT, bootstrap_ci, fmt_ci, run_arms, sh, train_metrics, world,  # noqa: E402
-                    write_json)
+from common import (EVAL_SETS, PY, ROOT, arm_args, bootstrap_ci, finished, fmt_ci, run_arms, sh,  # noqa: E402
+                    train_metrics, world, write_json)
 
 from minirlvr.analysis import REFLECTION_WORDS, reflection_counts  # noqa: E402
 from minirlvr.judge import steps_present  # noqa: E402
@@ -38,8 +38,7 @@ KINDS = ("harmful", "benign", "math")
 
 def reasoning_base(w: Path, out: Path) -> Path:
     """Builds the reasoning base with train.py (skipped when a finished run is on disk)."""
-    state = out / "model" / "trainer_state.json"
-    if not (state.is_file() and json.loads(state.read_text())["step"] == json.loads(state.read_text())["config"]["steps"]):
+    if not finished(out):
         sh([PY, "train.py", "sft", "--config", "experiments/configs/reasoning.toml", "--init", "assets/miniworld-base",
             "--out", str(out), "--progress", "false"], log=out.with_suffix(".log"), threads=2)
     return out / "model"
