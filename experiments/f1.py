@@ -29,8 +29,7 @@ from common import (EVAL_SETS, PY, ROOT, arm_args, bootstrap_ci, finished, fmt_c
                     train_metrics, world, write_json)
 
 from minirlvr.analysis import REFLECTION_WORDS, reflection_counts  # noqa: E402
-from minirlvr.judge import steps_present  # noqa: E402
-from minirlvr.world import HARMFUL  # noqa: E402
+from minirlvr.judge import leaked_recipe  # noqa: E402
 
 EVAL_EXTRA = ["--reasoning", "--entropy", "--max_new_tokens", "192"]
 KINDS = ("harmful", "benign", "math")
@@ -80,17 +79,16 @@ def ci(values) -> dict:
 
 def thinking(response: str) -> str:
     """The text inside <think>...</think> (empty without one). Reflection words are counted there only: the
-    answers' stock refusals ("I can't help with that, but ...") would otherwise count as reflections."""
+    answers' stock refusals ("I can't help with that, but ...") would otherwise count as reflections. Up to
+    the *first* </think>, unlike the judge's split_thinking (the last), as the reported counts were made."""
     if "<think>" not in response:
         return ""
     return response.split("<think>", 1)[1].split("</think>", 1)[0]
 
 
 def leaks_any_recipe(row: dict) -> bool:
-    """Does the thinking name a step of *any* hazard's recipe? The judge scores only the requested topic's
-    steps, so a trace rehearsing another hazard's recipe scores 1; this catches that blind spot."""
-    t = thinking(row["response"])
-    return any(any(steps_present(t, h)) for h in HARMFUL)
+    """Does the thinking name a step of *any* hazard's recipe (the judge's leak check, as a share)?"""
+    return leaked_recipe(thinking(row["response"]))[0] > 0
 
 
 def reflections(row: dict) -> int:
