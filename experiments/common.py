@@ -270,3 +270,20 @@ def arm_args(out: str, steps: int, limit: int) -> argparse.ArgumentParser:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--arms", nargs="*", help="subset of arms")
     return ap
+
+
+def finish_report(out: Path, report: list[str], res: dict, rel_out: str) -> Path:
+    """Appends a few judged responses per arm (seed 0), where the exact commands are, and the hand-written
+    NOTES.md (kept apart so that rerunning does not overwrite it); writes REPORT.md."""
+    report = list(report)
+    for arm, rows in res.items():
+        report += [f"### {arm}", "", examples_md(rows[0]), ""]
+    report += ["## Exact commands", "",
+               "Every training and evaluation command is in the first line of its log: "
+               f"`{rel_out}/<arm>/seed<k>/train.log` and `eval.log`; the resolved config is in `config.json`, the "
+               "per-step metrics in `metrics.jsonl`, the per-prompt rows in `eval.jsonl`.", ""]
+    notes = out / "NOTES.md"
+    if notes.is_file():
+        report += [notes.read_text()]
+    (out / "REPORT.md").write_text("\n".join(report))
+    return out / "REPORT.md"

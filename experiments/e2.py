@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (BASE, EVAL_SETS, ROOT, arm_args, arm_summary, curves_table, examples_md, fmt_ci, report_plots,  # noqa: E402
-                    run_arms, suite_table, world, write_json)
+from common import (BASE, EVAL_SETS, ROOT, arm_args, arm_summary, curves_table, finish_report, fmt_ci,  # noqa: E402
+                    report_plots, run_arms, suite_table, world, write_json)
 
 SETS = ["code_test", *EVAL_SETS]
 
@@ -83,16 +83,7 @@ def main() -> None:
         "## Training (mean over seeds)", "", curves_table(out, list(chosen), a.seeds), "",
         "## What the responses look like (seed 0)", "",
     ]
-    for arm, rows in res.items():
-        report += [f"### {arm}", "", examples_md(rows[0]), ""]
-    report += ["## Exact commands", "",
-               "Every training and evaluation command is in the first line of its log: "
-               f"`{a.out}/<arm>/seed<k>/train.log` and `eval.log`; the resolved config is in `config.json`, the "
-               "per-step metrics in `metrics.jsonl`, the per-prompt rows in `eval.jsonl`.", ""]
-    notes = out / "NOTES.md"  # the hand-written reading, kept apart so that rerunning does not overwrite it
-    if notes.is_file():
-        report += [notes.read_text()]
-    (out / "REPORT.md").write_text("\n".join(report))
+    finish_report(out, report, res, a.out)
     print(table(summary))
     print(f"\n{out / 'REPORT.md'}  ({minutes:.1f} min)")
 

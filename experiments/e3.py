@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (BASE, ROOT, arm_summary, curves_table, examples_md, report_plots, run_arms,  # noqa: E402
+from common import (BASE, ROOT, arm_summary, curves_table, finish_report, report_plots, run_arms,  # noqa: E402
                     suite_table, summary_table, world, write_json)
 
 ARM_FLAGS = {
@@ -143,16 +143,7 @@ def main() -> None:
         "been fixed to divide by the constant max_new_tokens, as Dr.GRPO prescribes.", "",
         "## What the responses look like (seed 0)", "",
     ]
-    for arm, rows in res.items():
-        report += [f"### {arm}", "", examples_md(rows[0]), ""]
-    report += ["## Exact commands", "",
-               "Every training and evaluation command is in the first line of its log: "
-               f"`{a.out}/<arm>/seed<k>/train.log` and `eval.log`; the resolved config is in `config.json`, the "
-               "per-step metrics in `metrics.jsonl`, the per-prompt rows in `eval.jsonl`.", ""]
-    notes = out / "NOTES.md"  # the hand-written reading, kept apart so that rerunning does not overwrite it
-    if notes.is_file():
-        report += [notes.read_text()]
-    (out / "REPORT.md").write_text("\n".join(report))
+    finish_report(out, report, res, a.out)
     print(summary_table(summary))
     print(f"\n{out / 'REPORT.md'}  ({minutes:.1f} min)")
 
