@@ -11,6 +11,7 @@ Every row keeps the prompt, the response and every judgement, so a report can sh
 
 from __future__ import annotations
 
+import bisect
 import json
 from pathlib import Path
 
@@ -107,13 +108,11 @@ def response_entropy(model, prompts: list[list[int]], responses: list[list[int]]
 
 def answer_start(tok, response_ids: list[int]) -> int:
     """Index of the first response token after '</think>' (0 when the response has no closed thinking)."""
-    text = tok.decode(response_ids)
-    if "</think>" not in text:
+    closed = lambda i: "</think>" in tok.decode(response_ids[:i])
+    if not closed(len(response_ids)):
         return 0
-    for i in range(1, len(response_ids) + 1):
-        if "</think>" in tok.decode(response_ids[:i]):
-            return i
-    return 0
+    # a longer prefix decodes to a longer text, so "contains </think>" flips once: bisect for the flip
+    return bisect.bisect_left(range(len(response_ids) + 1), True, key=closed)
 
 
 ENTROPY_POSITIONS = 64  # per-position entropies kept per row (enough for the position plot)
