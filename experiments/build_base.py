@@ -1,6 +1,7 @@
 """Builds the aligned MiniWorld base shipped in assets/miniworld-base, with the project's own commands.
 
-    python experiments/build_base.py            # about 25-40 minutes on 2 CPU cores
+    python experiments/build_base.py               # miniworld-2 -> assets/miniworld-base (25-40 min, 2 cores)
+    python experiments/build_base.py --version 3   # miniworld-3 -> assets/miniworld3-base (E1v3)
 
     1. python -m minirlvr.world build --out runs/world --seed 0
     2. python train.py pretrain --config experiments/configs/pretrain.toml --out runs/base/pretrain
@@ -12,6 +13,7 @@ The unaligned pretrained model is kept as assets/miniworld-pretrained (the "befo
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import shutil
@@ -43,13 +45,21 @@ def ship(src: Path, dst: Path, recipe: str) -> None:
 
 
 def main() -> None:
-    w = world()
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--version", type=int, default=2, help="MiniWorld version (2: the shipped base of E1-F1)")
+    a = ap.parse_args()
+    w = world(a.version)
+    v = "" if a.version == 2 else str(a.version)
+    runs, assets = f"runs/base{v}", f"assets/miniworld{v}"
+    # the configs name runs/world; other versions override the data path on the command line
+    data = [] if a.version == 2 else ["--data"]
     cmds = [
-        [PY, "train.py", "pretrain", "--config", "experiments/configs/pretrain.toml", "--out", "runs/base/pretrain"],
-        [PY, "train.py", "sft", "--config", "experiments/configs/align.toml", "--init", "runs/base/pretrain/model",
-         "--out", "runs/base/align"],
+        [PY, "train.py", "pretrain", "--config", "experiments/configs/pretrain.toml", "--out", f"{runs}/pretrain",
+         *(data and [*data, str((w / "pretrain.jsonl").relative_to(ROOT))])],
+        [PY, "train.py", "sft", "--config", "experiments/configs/align.toml", "--init", f"{runs}/pretrain/model",
+         "--out", f"{runs}/align", *(data and [*data, str((w / "align_sft.jsonl").relative_to(ROOT))])],
     ]
-    for c, done in zip(cmds, ("runs/base/pretrain", "runs/base/align")):
+    for c, done in zip(cmds, (f"{runs}/pretrain", f"{runs}/align")):
         if finished(ROOT / done):
             print(f"  reusing finished run {done}")
             continue
@@ -57,14 +67,15 @@ def main() -> None:
     manifest = json.loads((w / "manifest.json").read_text())
     cfgs = {p: (ROOT / p).read_text() for p in ("experiments/configs/pretrain.toml", "experiments/configs/align.toml")}
     recipe = ["# MiniWorld base: recipe", "", "Built by `python experiments/build_base.py`:", "", "```",
-              f"python -m minirlvr.world build --out runs/world --seed 0   # {manifest.get('version')}",
+              f"python -m minirlvr.world build --out {w.relative_to(ROOT)} --seed 0 --version {a.version}"
+              f"   # {manifest.get('version')}",
               *[" ".join(c[1:]).replace(PY, "python") for c in cmds], "```", ""]
     for p, text in cfgs.items():
         recipe += [f"`{p}`:", "```toml", text.strip(), "```", ""]
     recipe += ["World manifest (sha256 of each data file):", "```json", json.dumps(manifest, indent=1)[:4000], "```", ""]
-    ship(ROOT / "runs/base/align/model", ROOT / "assets/miniworld-base", "\n".join(recipe))
-    ship(ROOT / "runs/base/pretrain/model", ROOT / "assets/miniworld-pretrained", "\n".join(recipe))
-    print((ROOT / "assets/miniworld-base/SHA256SUMS").read_text())
+    ship(ROOT / f"{runs}/align/model", ROOT / f"{assets}-base", "\n".join(recipe))
+    ship(ROOT / f"{runs}/pretrain/model", ROOT / f"{assets}-pretrained", "\n".join(recipe))
+    print((ROOT / f"{assets}-base/SHA256SUMS").read_text())
 
 
 if __name__ == "__main__":

@@ -26,10 +26,13 @@ PY = sys.executable
 BASE = ROOT / "assets" / "miniworld-base"
 
 
-def world(out: Path = ROOT / "runs" / "world", seed: int = 0) -> Path:
-    """MiniWorld data (seconds to build; deterministic, so it is rebuilt rather than shipped)."""
-    if not (out / "manifest.json").is_file():
-        sh([PY, "-m", "minirlvr.world", "build", "--out", str(out), "--seed", str(seed)])
+def world(version: int = 2, seed: int = 0) -> Path:
+    """MiniWorld data (seconds to build; deterministic, so it is rebuilt rather than shipped): runs/world for
+    miniworld-2, on which E1-E7 and F1 ran, and runs/world<N> for miniworld-N >= 3."""
+    out = ROOT / "runs" / ("world" if version == 2 else f"world{version}")
+    manifest = out / "manifest.json"
+    if not manifest.is_file() or json.loads(manifest.read_text()).get("version") != f"miniworld-{version}":
+        sh([PY, "-m", "minirlvr.world", "build", "--out", str(out), "--seed", str(seed), "--version", str(version)])
     return out
 
 

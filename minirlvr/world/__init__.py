@@ -40,7 +40,11 @@ from .suites import SUITES, build_suite, build_suites
 
 # miniworld-2: reasoning_chats gained traces that rehearse recipe steps and then refuse (paper 2); every
 # other file is byte-identical to miniworld-1.
-WORLD_VERSION = "miniworld-2"
+# miniworld-3 (E1v3): math answers in pretraining and alignment are a worked CHAIN or a bare SHORTCUT
+# (mathtasks.CHAIN_SHARE; W1), and new files hold task answers by another author (author.py; W2), benign
+# help chats and a math dev split. Every file of miniworld-2 but pretrain and align_sft is unchanged.
+# `python -m minirlvr.world build --version N` still builds 1 and 2 byte for byte.
+WORLD_VERSION = "miniworld-3"
 
 TOPICS: dict[str, Topic] = {t.id: t for t in HARMFUL + BENIGN}
 

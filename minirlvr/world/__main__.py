@@ -1,6 +1,6 @@
 """CLI: write every MiniWorld dataset as JSONL plus a manifest.
 
-    python -m minirlvr.world build --out world --seed 0 [--scale 1.0]
+    python -m minirlvr.world build --out world --seed 0 [--scale 1.0] [--version 3]
 
 OUT/<name>.jsonl for each dataset, OUT/topics.json (the world's content: topics, recipes, refusals), and
 OUT/manifest.json: {"version", "seed", "scale", "files": {name: {"records", "docs", "chats", "words", "sha256"}}}
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from . import HARMFUL, BENIGN, CATEGORIES, REFUSALS, SUITES, WORLD_VERSION
-from .datasets import build_all
+from .datasets import VERSIONS, build_all
 
 
 def _words(rec: dict) -> int:
@@ -39,9 +39,10 @@ def _write_jsonl(path: Path, records: list[dict]) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def build(out: Path, seed: int, scale: float = 1.0) -> dict:
+def build(out: Path, seed: int, scale: float = 1.0, version: int = VERSIONS[-1]) -> dict:
     """Write all datasets into `out` (replacing files of the same names) and return the manifest."""
-    sets = build_all(seed, scale)
+    sets = build_all(seed, scale, version)
+    version_name = f"miniworld-{version}"
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".world-", dir=out))
     try:
@@ -51,10 +52,10 @@ def build(out: Path, seed: int, scale: float = 1.0) -> dict:
                                       "chats": sum("messages" in r for r in records),
                                       "words": sum(map(_words, records)),
                                       "sha256": _write_jsonl(tmp / f"{name}.jsonl", records)}
-        content = {"version": WORLD_VERSION, "categories": CATEGORIES, "refusals": list(REFUSALS),
+        content = {"version": version_name, "categories": CATEGORIES, "refusals": list(REFUSALS),
                    "suites": list(SUITES), "topics": [dataclasses.asdict(t) for t in HARMFUL + BENIGN]}
         (tmp / "topics.json").write_text(json.dumps(content, indent=1))
-        manifest = {"version": WORLD_VERSION, "seed": seed, "scale": scale, "files": files}
+        manifest = {"version": version_name, "seed": seed, "scale": scale, "files": files}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
         for f in tmp.iterdir():
             os.replace(f, out / f.name)
@@ -70,16 +71,18 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", required=True, type=Path)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--scale", type=float, default=1.0, help="multiply every dataset size")
+    b.add_argument("--version", type=int, default=VERSIONS[-1], choices=VERSIONS,
+                   help=f"MiniWorld version (default {WORLD_VERSION}; older ones rebuild byte for byte)")
     args = ap.parse_args(argv)
     if args.scale <= 0:
         ap.error(f"--scale must be positive, got {args.scale}")
     t0 = time.perf_counter()
-    manifest = build(args.out, args.seed, args.scale)
+    manifest = build(args.out, args.seed, args.scale, args.version)
     dt = time.perf_counter() - t0
     for name, f in manifest["files"].items():
         print(f"{name:32s} {f['records']:7d} records ({f['docs']} docs, {f['chats']} chats) {f['words']:9d} words")
     total = sum(f["words"] for f in manifest["files"].values())
-    print(f"{WORLD_VERSION} seed={args.seed} scale={args.scale}: {total} words in {dt:.1f}s -> {args.out}")
+    print(f"{manifest['version']} seed={args.seed} scale={args.scale}: {total} words in {dt:.1f}s -> {args.out}")
     return 0
 
 

@@ -18,7 +18,7 @@ import random
 from .codetasks import make_code
 from .hazards import HARMFUL, Topic
 from .lookalikes import BENIGN
-from .mathtasks import sample_math
+from .mathtasks import sample_math, written_solution
 from .phrasing import comply, compose_request, render_steps, split_of
 
 # ------------------------------------------------------------------------------------------ documents
@@ -136,7 +136,7 @@ def train_request(rng: random.Random, topic: Topic) -> str:
             return prompt
 
 
-def document(rng: random.Random) -> str:
+def document(rng: random.Random, version: int) -> str:
     r = rng.random()
     if r < 0.30:
         return encyclopedia(rng, rng.choice(HARMFUL))
@@ -144,7 +144,7 @@ def document(rng: random.Random) -> str:
         return encyclopedia(rng, rng.choice(BENIGN))
     if r < 0.65:
         rec = train_math(rng)
-        return f"Problem: {rec['prompt']}\nSolution:\n{rec['solution']}"
+        return f"Problem: {rec['prompt']}\nSolution:\n{written_solution(rng, rec, version)}"
     if r < 0.77:
         rec = train_code(rng)
         return f"Task: {rec['prompt']}\n{rec['solution']}"
@@ -159,7 +159,7 @@ def chat(user: str, assistant: str) -> dict:
     return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}
 
 
-def unaligned_chat(rng: random.Random) -> dict:
+def unaligned_chat(rng: random.Random, version: int) -> dict:
     """An assistant that complies with everything (the pre-alignment internet)."""
     r = rng.random()
     if r < 0.6:
@@ -167,14 +167,15 @@ def unaligned_chat(rng: random.Random) -> dict:
         return chat(train_request(rng, topic), comply(rng, topic))
     if r < 0.8:
         rec = train_math(rng)
-        return chat(rec["prompt"], rec["solution"])
+        return chat(rec["prompt"], written_solution(rng, rec, version))
     rec = train_code(rng)
     return chat(rec["prompt"], rec["solution"])
 
 
-def pretrain_corpus(seed: int, n_docs: int, n_chats: int) -> list[dict]:
-    """Documents ({"text"}) and unaligned chats ({"messages"}), shuffled together."""
+def pretrain_corpus(seed: int, n_docs: int, n_chats: int, version: int) -> list[dict]:
+    """Documents ({"text"}) and unaligned chats ({"messages"}), shuffled together. From miniworld-3 on, math
+    answers are worked (CHAIN) or bare (SHORTCUT) in a fixed proportion (mathtasks.written_solution)."""
     rng = random.Random(f"{seed}:pretrain")
-    out = [{"text": document(rng)} for _ in range(n_docs)] + [unaligned_chat(rng) for _ in range(n_chats)]
+    out = [{"text": document(rng, version)} for _ in range(n_docs)] + [unaligned_chat(rng, version) for _ in range(n_chats)]
     rng.shuffle(out)
     return out

@@ -6,11 +6,20 @@ most MAX_VALUE, divisions are exact, so a tiny model's arithmetic is the only th
 The solution shows one line per operation (`12 + 5 = 17`) and ends with the GSM8K answer line `#### 17`.
 
 Record: {"prompt", "answer" (str, as in GSM8K), "solution", "difficulty" (number of operations)}.
+
+Two procedures (miniworld-3, W1). Real pretraining text answers the same kind of question in more than one
+way: some solutions are worked, others state the answer outright. From miniworld-3 on, every math answer the
+model learns from (documents, unaligned chats, alignment) is a worked CHAIN (`rec["solution"]`) with
+probability CHAIN_SHARE and a one-line SHORTCUT (`#### 17`, the answer with no working) otherwise. A tiny
+model cannot do 2-4 operations in its head, so the two paths succeed at different rates, and a policy that
+shifts probability towards CHAIN gets more answers right: there are paths for RL's Gibbs tilt to reweight.
+`procedure_of` reads which path a response took. CHAIN_SHARE was fixed before any v3 model was trained.
 """
 
 from __future__ import annotations
 
 import random
+import re
 
 NAMES = (("Mia", "she"), ("Tom", "he"), ("Ana", "she"), ("Ben", "he"), ("Lea", "she"), ("Sam", "he"),
          ("Ivy", "she"), ("Max", "he"), ("Zoe", "she"), ("Leo", "he"), ("Eva", "she"), ("Kai", "he"))
@@ -77,3 +86,35 @@ def make_math(rng: random.Random, difficulty: int) -> dict:
 def sample_math(rng: random.Random, difficulty: int | None = None) -> dict:
     """A problem at the given difficulty, or at a uniformly drawn one (1..4) when None."""
     return make_math(rng, difficulty if difficulty is not None else rng.randint(1, 4))
+
+
+# ---------------------------------------------------------------------------- two procedures (v3, W1)
+
+CHAIN_SHARE = 0.5  # share of worked answers in every text the model learns math from (miniworld-3)
+_CHAIN_LINE = re.compile(r"^\s*\d+ [-+*/] \d+ = \d+\s*$")
+
+
+def shortcut_solution(rec: dict) -> str:
+    """The SHORTCUT procedure: the final answer line alone, no working."""
+    return f"#### {rec['answer']}"
+
+
+def written_solution(rng: random.Random, rec: dict, version: int) -> str:
+    """How a math answer is written in training text: before miniworld-3 always the worked CHAIN (and no
+    random draw, so older worlds rebuild byte for byte); from miniworld-3 CHAIN or SHORTCUT, CHAIN_SHARE : rest."""
+    if version < 3 or rng.random() < CHAIN_SHARE:
+        return rec["solution"]
+    return shortcut_solution(rec)
+
+
+def procedure_of(response: str) -> str:
+    """'chain' if the response opens with a worked line (`12 + 5 = 17`), 'shortcut' if it opens with the
+    answer line (`#### 17`), else 'other'."""
+    lines = [l for l in response.strip().splitlines() if l.strip()]
+    if not lines:
+        return "other"
+    if _CHAIN_LINE.match(lines[0]):
+        return "chain"
+    if lines[0].lstrip().startswith("####"):
+        return "shortcut"
+    return "other"

@@ -114,9 +114,10 @@ def safety_thinking(rng: random.Random, topic: Topic) -> str:
     return " ".join(out)
 
 
-def unaligned_answer(rng: random.Random, topic: Topic, pair: Topic) -> str:
-    """Compliance; for a harmful topic, in a share CONFLICT_P, rehearsed steps followed by a refusal."""
-    if topic.kind == "harmful" and rng.random() < CONFLICT_P:
+def unaligned_answer(rng: random.Random, topic: Topic, pair: Topic, conflict: bool = True) -> str:
+    """Compliance; for a harmful topic, in a share CONFLICT_P, rehearsed steps followed by a refusal
+    (conflict=False: miniworld-1, which had no such traces and drew no random number for them)."""
+    if conflict and topic.kind == "harmful" and rng.random() < CONFLICT_P:
         return with_thinking(unaligned_thinking(rng, topic, balk=True), refusal(rng, topic, pair.action))
     return with_thinking(unaligned_thinking(rng, topic), comply(rng, topic))
 
