@@ -47,6 +47,7 @@ def ship(src: Path, dst: Path, recipe: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--version", type=int, default=2, help="MiniWorld version (2: the shipped base of E1-F1)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 when other jobs share the cores)")
     a = ap.parse_args()
     w = world(a.version)
     v = "" if a.version == 2 else str(a.version)
@@ -63,7 +64,7 @@ def main() -> None:
         if finished(ROOT / done):
             print(f"  reusing finished run {done}")
             continue
-        sh(c, threads=2)
+        sh(c, threads=a.threads)
     manifest = json.loads((w / "manifest.json").read_text())
     cfgs = {p: (ROOT / p).read_text() for p in ("experiments/configs/pretrain.toml", "experiments/configs/align.toml")}
     recipe = ["# MiniWorld base: recipe", "", "Built by `python experiments/build_base.py`:", "", "```",

@@ -165,6 +165,10 @@ class Tokenizer:
         render(messages[:i+1]); both are found as the longest common prefix with the full ids, so a
         token that straddles header and content counts as assistant. The span is cut after its last
         stop token (ChatML puts a newline after <|im_end|> that generation never produces).
+
+        An assistant message may carry "loss_start": k, an offset into its content: the first k characters
+        are then context, not trained on (e.g. an answer's opening line, to test whether fine-tuning moves
+        a model through its first tokens). A token straddling offset k is trained on.
         """
         ids = self.apply_chat_template(messages, add_generation_prompt=False)
         mask = [0] * len(ids)
@@ -179,6 +183,10 @@ class Tokenizer:
             if end <= start:
                 raise ValueError(f"encode_chat: assistant message {i} renders to no tokens of its own")
             last_stop = max((j for j in range(start, end) if ids[j] in stops), default=end - 1)
+            k = message.get("loss_start", 0)
+            if k:
+                prefix = self.apply_chat_template(messages[:i], add_generation_prompt=True, tokenize=False)
+                start = max(start, _common_prefix(ids, self.encode(prefix + message["content"][:k])))
             for j in range(start, last_stop + 1):
                 mask[j] = 1
         return ids, mask

@@ -224,6 +224,17 @@ def test_encode_chat_matches_transformers_generation_mask(tmp_path):
         assert mask == list(out["assistant_masks"])
 
 
+def test_encode_chat_loss_start_keeps_the_first_line_as_context(saved):
+    tok = Tokenizer.from_pretrained(saved["miniworld"])
+    answer = "Sure! Let's find how many pens Mia has.\n3 + 4 = 7\n#### 7"
+    k = answer.index("\n") + 1
+    full = [U1, {"role": "assistant", "content": answer}]
+    ids, mask = tok.encode_chat(full)
+    ids2, mask2 = tok.encode_chat([U1, {"role": "assistant", "content": answer, "loss_start": k}])
+    assert ids2 == ids and sum(mask2) < sum(mask)
+    assert tok.decode(masked_spans(ids2, mask2)[0]) == answer[k:] + "<|im_end|>"
+
+
 def test_encode_chat_rejects_leading_assistant(saved):
     with pytest.raises(ValueError, match="cannot start with an assistant"):
         Tokenizer.from_pretrained(saved["miniworld"]).encode_chat([A1, U1])
