@@ -67,7 +67,7 @@ def main() -> None:
         sh(c, threads=a.threads)
     manifest = json.loads((w / "manifest.json").read_text())
     cfgs = {p: (ROOT / p).read_text() for p in ("experiments/configs/pretrain.toml", "experiments/configs/align.toml")}
-    recipe = ["# MiniWorld base: recipe", "", "Built by `python experiments/build_base.py`:", "", "```",
+    recipe = ["# MiniWorld base: recipe", "", f"Built by `python experiments/build_base.py --version {a.version}`:", "", "```",
               f"python -m minirlvr.world build --out {w.relative_to(ROOT)} --seed 0 --version {a.version}"
               f"   # {manifest.get('version')}",
               *[" ".join(c[1:]).replace(PY, "python") for c in cmds], "```", ""]

@@ -187,7 +187,9 @@ def run_arms(w: Path, seeds: list[int], jobs: int, names: list[str]) -> None:
         for s in seeds:
             d = OUT / name / f"seed{s}"
             search = OUT / "lr_search" / name / f"lr{lr:g}" / "model"
-            if s == 0 and search.is_dir() and not (d / "model").is_dir():  # the selection run is this arm's seed 0
+            done = (d / "model" / "trainer_state.json").is_file()
+            if s == 0 and (search / "trainer_state.json").is_file() and not done:  # the selection run is seed 0
+                shutil.rmtree(d / "model", ignore_errors=True)  # what an interrupted run may have left
                 shutil.copytree(search, d / "model")
                 shutil.copy2(search.parent / "metrics.jsonl", d / "metrics.jsonl")
             if not (d / "model" / "trainer_state.json").is_file():
