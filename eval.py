@@ -113,7 +113,8 @@ def run_headline(s: dict, max_new_tokens: int) -> str:
     t = s.get("truncated")
     if t:
         parts.append(f"truncated {t['count']}/{t['n']} at --max_new_tokens {max_new_tokens}" +
-                     (" (raise it: a cut-off answer scores as wrong)" if t["count"] else ""))
+                     (" (a cut-off answer scores as wrong: raise the budget, unless the responses loop)"
+                      if t["count"] else ""))
     return " | ".join(parts)
 
 

@@ -15,8 +15,8 @@ import pytest
 
 from minirlvr.verifier import extract_answer, extract_code, verify_math
 
-# A folder with GSM8K's test.jsonl and train_first1000.jsonl (or train.jsonl); see README "Tests".
-GSM8K = Path(os.environ.get("MINIRLVR_GSM8K", "data/gsm8k"))
+# A folder with GSM8K's test.jsonl (and train.jsonl or train_first1000.jsonl); README "Real models" makes one.
+GSM8K = Path(os.environ.get("MINIRLVR_GSM8K") or Path(__file__).resolve().parents[1] / "data" / "gsm8k")
 
 
 # ---------------------------------------------------------------- extract_answer
