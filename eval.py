@@ -1,11 +1,14 @@
 """Evaluation CLI: capability and safety of a checkpoint, and comparisons of arms against a base.
 
-    python eval.py run --model runs/grpo/model --world data/miniworld --out runs/grpo/eval.jsonl
+    python eval.py run --model runs/grpo/model --world runs/world --out runs/eval/grpo.jsonl
     python eval.py run --model DIR --math gsm8k_test.jsonl --advbench advbench.csv --limit 50   # real data
+    python eval.py run --model DIR --requests my_prompts.jsonl  # {"prompt", "topic" or null, "harmful"} rows
     python eval.py run ... --temperature 1.0 --samples 4        # sampled pass@k and safety at T = 1
     python eval.py compare base.jsonl sft.jsonl grpo.jsonl --plots results/cmp
 
-`run` writes one JSON row per prompt (and sample) and prints a summary; `compare` prints per-suite tables
+`run` writes one JSON row per prompt (and sample) as soon as it is judged (default file: runs/eval/NAME.jsonl,
+NAME from the model's folder, never inside the model folder), shows progress with an ETA, and prints a summary
+with the number of responses cut by --max_new_tokens; `compare` prints per-suite tables
 (mean harm score, harmfulness rate, ASR with bootstrap 95% CIs) and paired per-prompt differences against
 the first file, and writes plots when matplotlib is installed: the paired differences (paper 1 Fig. 1) and,
 when the files span two or more temperatures (the same model evaluated with --temperature T), harm, ASR and
@@ -21,39 +24,98 @@ from pathlib import Path
 
 from minirlvr.analysis import bootstrap_ci, fmt_ci, paired_differences
 from minirlvr.data import DataError
-from minirlvr.evaluate import (SUITES, WORLD_SETS, evaluate, load_advbench, load_world_sets, read_rows, summarize,
-                               write_rows)
+from minirlvr.evaluate import (SUITES, WORLD_SETS, evaluate, load_advbench, load_math, load_requests, load_world_sets,
+                               read_rows, summarize)
 from minirlvr.model import CheckpointError
+
+
+def default_out(model: str | Path) -> Path:
+    """runs/eval/NAME.jsonl: NAME is the model's folder (its run's folder for a checkpoint OUT/model), so the
+    eval file never lands in the HF folder a user uploads, nor in a read-only model cache."""
+    p = Path(model).resolve()
+    name = p.parent.name if p.name == "model" and p.parent.name else p.name
+    return Path("runs/eval") / f"{name or 'model'}.jsonl"
+
+
+def pick_eval_device(name: str):
+    """The torch device for --device, refusing one this torch build cannot use in one line."""
+    import torch
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise DataError(f"command line: --device {name!r} is not a device (auto, cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else "a CUDA build, but no GPU is visible"
+        raise DataError(f"command line: --device {name} but torch {torch.__version__} is {build}; "
+                        f"use --device cpu (or auto)")
+    return dev
 
 
 def cmd_run(a) -> int:
     import torch
     from minirlvr import Tokenizer, Transformer
-    from minirlvr.data import read_jsonl
-    from minirlvr.optim import pick_device
     sets: dict[str, list[dict]] = {}
     if a.world:
         sets.update(load_world_sets(a.world, a.sets or WORLD_SETS, a.limit))
     if a.math:
-        recs = read_jsonl(a.math)
-        sets["math"] = recs[:a.limit] if a.limit else recs
+        sets["math"] = load_math(a.math, a.limit)
     if a.advbench:
         sets["advbench"] = load_advbench(a.advbench, a.limit)
+    if a.requests:
+        sets["requests"] = load_requests(a.requests, a.limit)
     if not sets:
-        raise DataError("command line: nothing to evaluate; give --world, --math and/or --advbench")
+        raise DataError("command line: nothing to evaluate; give --world, --math, --advbench and/or --requests")
+    device = pick_eval_device(a.device)
     torch.manual_seed(a.seed)
-    model = Transformer.from_pretrained(a.model, device=pick_device(a.device)).eval()
+    model = Transformer.from_pretrained(a.model, device=device).eval()
     tok = Tokenizer.from_pretrained(a.model)
-    rows = evaluate(model, tok, sets, temperature=a.temperature, max_new_tokens=a.max_new_tokens,
-                    batch_size=a.batch_size, seed=a.seed, samples=a.samples, reasoning=a.reasoning,
-                    system=a.system, progress=True, entropy=a.entropy)
-    for row in rows:  # which model, so that `compare` can group one model's files across temperatures
-        row["model"] = str(a.model)
-    out = Path(a.out or Path(a.model) / "eval.jsonl")
-    write_rows(rows, out)
-    print(json.dumps(summarize(rows), indent=1))
+    out = Path(a.out) if a.out else default_out(a.model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    print(f"writing {out}", file=sys.stderr)
+    written = 0
+    with out.open("w", encoding="utf-8") as f:
+        def write(batch: list[dict]) -> None:
+            nonlocal written
+            for row in batch:  # which model, so that `compare` can group one model's files across temperatures
+                row["model"] = str(a.model)
+                f.write(json.dumps(row) + "\n")
+            f.flush()
+            written += len(batch)
+        try:
+            rows = evaluate(model, tok, sets, temperature=a.temperature, max_new_tokens=a.max_new_tokens,
+                            batch_size=a.batch_size, seed=a.seed, samples=a.samples, reasoning=a.reasoning,
+                            system=a.system, progress=True, entropy=a.entropy, on_rows=write)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: the {written} rows finished so far are in {out}", file=sys.stderr)
+            return 130
+    summary = summarize(rows)
+    print(json.dumps(summary, indent=1))
+    print(run_headline(summary, a.max_new_tokens))
     print(out)
     return 0
+
+
+def run_headline(s: dict, max_new_tokens: int) -> str:
+    """The numbers a user looks for first, in one paragraph: accuracy (strict and flexible), refusal, ASR,
+    over-refusal, and how many responses the token budget cut off."""
+    parts = []
+    for kind in ("math", "code"):
+        if f"{kind}_acc" in s:
+            flex = f" (flexible: {s[f'{kind}_acc_flexible']['mean']:.3f})" if f"{kind}_acc_flexible" in s else ""
+            parts.append(f"{kind} accuracy {s[f'{kind}_acc']['mean']:.3f}{flex}")
+    if "refusal_rate" in s:
+        parts.append(f"refusal {s['refusal_rate']['mean']:.3f} | ASR {s['asr']['mean']:.3f} "
+                     f"(n={s['asr']['n']} harmful)")
+    if "over_refusal" in s:
+        parts.append(f"over-refusal {s['over_refusal']['mean']:.3f} (n={s['over_refusal']['n']} benign)")
+    t = s.get("truncated")
+    if t:
+        parts.append(f"truncated {t['count']}/{t['n']} at --max_new_tokens {max_new_tokens}" +
+                     (" (a cut-off answer scores as wrong: raise the budget, unless the responses loop)"
+                      if t["count"] else ""))
+    return " | ".join(parts)
 
 
 def safety_table(named_rows: dict[str, list[dict]]) -> str:
@@ -163,7 +225,9 @@ def main(argv=None) -> int:
     r.add_argument("--sets", nargs="*", help=f"subset of {', '.join(WORLD_SETS)}")
     r.add_argument("--math", help="GSM8K-format JSONL (question, answer ending in '#### N')")
     r.add_argument("--advbench", help="AdvBench-format CSV (goal,target)")
-    r.add_argument("--out", help="per-prompt JSONL (default MODEL/eval.jsonl)")
+    r.add_argument("--requests", help='JSONL of {"prompt", "topic" (MiniWorld id or null), "harmful": true/false}: '
+                                      "refusal and ASR (harmful), over-refusal (benign)")
+    r.add_argument("--out", help="per-prompt JSONL (default runs/eval/NAME.jsonl, NAME from the model's folder)")
     r.add_argument("--temperature", type=float, default=0.0)
     r.add_argument("--samples", type=int, default=1, help="responses per prompt (pass@k; use temperature > 0)")
     r.add_argument("--max_new_tokens", type=int, default=128)
@@ -173,7 +237,7 @@ def main(argv=None) -> int:
     r.add_argument("--entropy", action="store_true", help="add the policy's token entropies along each response")
     r.add_argument("--system", default="")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--device", default="auto")
+    r.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
     c = sub.add_parser("compare", help="tables and paired differences; the first file is the base")
     c.add_argument("files", nargs="+")
     c.add_argument("--plots", help="directory for plots (needs matplotlib)")

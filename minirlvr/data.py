@@ -6,6 +6,9 @@ Accepted records (one JSON object per line):
     {"question": ..., "answer": "... #### 42"}          GSM8K format: a math prompt and its worked solution
     {"prompt": ..., "solution"|"response": ...}         MiniWorld tasks (math/code) and generic pairs
 RL prompt records keep their other fields (answer, tests, topic, ...) for the reward functions.
+
+Every record is checked when the file is read (`read_jsonl(path, need=...)`), so a record that cannot be
+trained on or rewarded stops the run before step 0 with its file and line, not at the step that draws it.
 """
 
 from __future__ import annotations
@@ -20,30 +23,97 @@ class DataError(ValueError):
     pass
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
+NEEDS = ("pretrain", "sft", "rl", "eval")   # what the records will be used for (see check_record)
+
+
+def text_lines(path: str | Path) -> list[str]:
+    """The lines of a UTF-8 text file. A missing file or one in another encoding is one DataError naming
+    the file and line, not a UnicodeDecodeError from deep inside a loop."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")          # a byte-order mark (Excel, Notepad) is not content
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); re-save the file as UTF-8") from None
+    # split on newlines only: str.splitlines would also cut at U+2028 and friends, which JSON strings may hold
+    return [l[:-1] if l.endswith("\r") else l for l in text.split("\n")]
+
+
+def read_jsonl(path: str | Path, need: str | None = None) -> list[dict]:
+    """The records of a JSONL file, each with "_where" = "file:line". With `need` (one of NEEDS) every
+    record is checked for that use (check_record) before anything is returned."""
+    path = Path(path)
     out = []
-    with path.open() as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{i}: invalid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise DataError(f"{path}:{i}: expected a JSON object")
-            rec["_where"] = f"{path}:{i}"
-            out.append(rec)
+    for i, line in enumerate(text_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{i}: invalid JSON ({e.msg})") from None
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}:{i}: expected a JSON object")
+        rec["_where"] = f"{path}:{i}"
+        if need is not None:
+            check_record(rec, need)
+        out.append(rec)
     if not out:
         raise DataError(f"{path}: no records")
     return out
 
 
-def read_many(paths: list[str]) -> list[dict]:
-    return [r for p in paths for r in read_jsonl(p)]
+def read_many(paths: list[str], need: str | None = None) -> list[dict]:
+    return [r for p in paths for r in read_jsonl(p, need)]
+
+
+def record_kind(rec: dict) -> str | None:
+    """What a prompt record is scored as: "code" (hidden tests), "math" (an answer), "harmful" or "benign"
+    (a request for the judge); None if it cannot be scored. The one dispatch rewards and evaluation share."""
+    if "tests" in rec:
+        return "code"
+    if rec.get("answer") is not None:
+        return "math"
+    if rec.get("kind") in ("harmful", "benign"):
+        return rec["kind"]
+    return None
+
+
+def check_record(rec: dict, need: str) -> None:
+    """Raise DataError naming the file:line and the field if `rec` cannot be used for `need`."""
+    if need not in NEEDS:
+        raise ValueError(f"check_record: need must be one of {NEEDS}, got {need!r}")
+    where = rec.get("_where", "record")
+    for key in ("prompt", "question", "text", "solution", "response"):
+        if key in rec and not isinstance(rec[key], str):
+            raise DataError(f"{where}: field {key!r} must be a string, got {type(rec[key]).__name__}")
+    if need == "pretrain":
+        if "text" not in rec:
+            to_messages(rec)
+        return
+    if need == "sft":
+        if not any(m["role"] == "assistant" and m["content"].strip() for m in to_messages(rec)):
+            raise DataError(f"{where}: the chat has no non-empty assistant turn to train on")
+        return
+    prompt_of(rec)
+    kind = record_kind(rec)
+    if kind is None:
+        raise DataError(f"{where}: cannot tell how to score this record: it needs 'answer' (math), "
+                        f"'tests' (code) or 'kind': 'harmful'/'benign' (a request)")
+    if kind == "math":
+        answer = rec["answer"]
+        if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+            raise DataError(f"{where}: field 'answer' must be a string or a number, got {answer!r}")
+        if isinstance(answer, str) and not (answer.rsplit("####", 1)[-1].strip()):
+            raise DataError(f"{where}: field 'answer' has no final answer (empty, or nothing after '####')")
+    elif kind == "code":
+        from minirlvr.verifier import parse_tests
+        try:
+            parse_tests(rec["tests"])
+        except (TypeError, ValueError) as e:
+            raise DataError(f"{where}: field 'tests': {str(e).removeprefix('run_code: ')}") from None
 
 
 def prompt_of(rec: dict) -> str:
@@ -58,8 +128,10 @@ def to_messages(rec: dict) -> list[dict]:
     where = rec.get("_where", "?")
     if "messages" in rec:
         msgs = rec["messages"]
-        if not isinstance(msgs, list) or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in msgs):
-            raise DataError(f"{where}: field 'messages' must be a list of {{role, content}} objects")
+        if not isinstance(msgs, list) or not msgs or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in msgs):
+            raise DataError(f"{where}: field 'messages' must be a non-empty list of {{role, content}} string objects")
         return msgs
     answer = next((rec[k] for k in ("solution", "response", "answer") if isinstance(rec.get(k), str)), None)
     if answer is None:

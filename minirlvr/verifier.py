@@ -1,11 +1,19 @@
 """Verifiable rewards: math answers checked exactly, code checked by running tests.
 
-    verify_math(response, answer) -> 1.0 | 0.0
+    verify_math(response, answer, mode="strict") -> 1.0 | 0.0
     run_code(code, tests, timeout=5.0) -> CodeResult(passed, total, pass_rate, status, detail)
 
-Math follows the GSM8K convention: the final answer is the *last* `#### N` line or
-`\\boxed{N}` in the response. An answer given only in prose does not count, which is
-what makes the reward verifiable and hard to game by listing many numbers.
+Math answers are read in one of three modes (MATH_MODES):
+
+    strict       the GSM8K convention: the final answer is the *last* `#### N` line or `\\boxed{N}`.
+                 An answer given only in prose does not count, which is what makes the reward
+                 verifiable and hard to game by listing many numbers. MiniWorld trains and scores this.
+    flexible     strict when the response has a marker, else the last number in the response (the
+                 "flexible-extract" of common GSM8K harnesses). Real instruct models rarely write
+                 `#### N` unprompted; this shows what they got right, and how much of a strict score is
+                 format. It is looser: a truncated response's last intermediate number can match.
+    math_verify  Hugging Face's `math-verify` (optional extra: pip install math-verify), for LaTeX
+                 answers of MATH-style data; imported only when this mode is asked for.
 
 Code is run in the sandbox of `sandbox.py` (a separate, jailed process; see its
 docstring for the layers of containment). `run_code` statuses:
@@ -118,38 +126,70 @@ def _canonical(x: Fraction) -> str:
     return ("-" if x < 0 else "") + digits[:-k] + "." + digits[-k:]
 
 
+def _last_number(text: str) -> Fraction | None:
+    """The last number written anywhere in `text` (flexible mode)."""
+    last = None
+    for last in _NUMBER.finditer(text):
+        pass
+    if last is None:
+        return None
+    start = last.start()
+    # In "pages 10-12" or "x-2" the dash joins two terms; it is not the sign of the last number.
+    if start > 0 and (text[start - 1].isalnum() or text[start - 1] in ")]}"):
+        start = last.start("num")
+    return _to_number(text[start:last.end()])
+
+
 def _clean_text(text: str) -> str:
     return " ".join(text.strip().rstrip(".").split()).casefold()
 
 
-def extract_answer(response: str) -> str | None:
-    """The final answer (last `#### N` or `\\boxed{N}`), normalised.
+MATH_MODES = ("strict", "flexible", "math_verify")
+
+
+def _check_mode(mode: str, allowed=MATH_MODES) -> None:
+    if mode not in allowed:
+        raise ValueError(f"answer mode must be one of {', '.join(allowed)}, got {mode!r}")
+
+
+def extract_answer(response: str, mode: str = "strict") -> str | None:
+    """The final answer (last `#### N` or `\\boxed{N}`; in flexible mode else the last number), normalised.
 
     Numbers come back canonical ("1,234" -> "1234", "$3.50" -> "3.5", "1/2" -> "0.5",
     "12 apples" -> "12"); a final answer without a number comes back as its cleaned,
-    lower-cased text; no `####`/`\\boxed{}` at all, or an empty one, gives None.
+    lower-cased text; no `####`/`\\boxed{}` at all, or an empty one, gives None (strict),
+    or the last number in the response if there is one (flexible).
     """
     if not isinstance(response, str):
         raise TypeError(f"extract_answer: response must be str, got {type(response).__name__}")
+    _check_mode(mode, ("strict", "flexible"))
     text = _final_answer_text(response)
-    if text is None:
-        return None
-    value = _to_number(text)
-    if value is not None:
-        return _canonical(value)
-    return _clean_text(text) or None
+    if text is not None:
+        value = _to_number(text)
+        if value is not None:
+            return _canonical(value)
+        if _clean_text(text):
+            return _clean_text(text)
+    if mode == "flexible":
+        value = _last_number(response)
+        return _canonical(value) if value is not None else None
+    return None
 
 
-def verify_math(response: str, answer: str | int | float) -> float:
+def verify_math(response: str, answer: str | int | float, mode: str = "strict") -> float:
     """1.0 if the response's final answer equals `answer`, else 0.0.
 
     `answer` may be a number, a string like "1,234", or a whole gold solution ending
     in `#### N`. Exact comparison of rationals (so "3.50" == 3.5 == "7/2"); a float
     `answer` is compared with a relative tolerance of 1e-9 to absorb float noise only.
+    `mode` is one of MATH_MODES (see the module docstring).
     """
     if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
         raise TypeError(f"verify_math: answer must be str, int or float, got {type(answer).__name__}")
-    pred = extract_answer(response)
+    _check_mode(mode)
+    if mode == "math_verify":
+        return _math_verify(response, answer)
+    pred = extract_answer(response, mode)
     if pred is None:
         return 0.0
     pred_value = _to_number(pred) if _NUMBER.fullmatch(pred) else None
@@ -165,6 +205,20 @@ def verify_math(response: str, answer: str | int | float) -> float:
         gold_value = _to_number(answer)
         gold = _canonical(gold_value) if gold_value is not None else _clean_text(answer)
     return float(pred == gold)
+
+
+def _math_verify(response: str, answer: str | int | float) -> float:
+    """verify_math through Hugging Face's math-verify (LaTeX-aware, symbolic equality)."""
+    try:
+        from math_verify import parse, verify
+    except ImportError:
+        raise ImportError("answer mode 'math_verify' needs the math-verify package: pip install math-verify") from None
+    if isinstance(answer, str) and _HASHES.search(answer):
+        answer = answer.rsplit("####", 1)[1].strip()     # a GSM8K gold solution: its final line
+    if isinstance(answer, float) and not math.isfinite(answer):
+        raise ValueError(f"verify_math: answer must be finite, got {answer}")
+    gold = parse(answer if isinstance(answer, str) and "$" in answer else f"${answer}$")
+    return float(bool(gold) and verify(gold, parse(response)))
 
 
 # ---------------------------------------------------------------- code
@@ -201,7 +255,7 @@ _SEVERITY = ["sandbox_error", "error", "timeout", "killed", "fail"]
 _GRACE = 2.0       # seconds the launcher may overrun the deadline (interpreter start-up) before being killed
 
 
-def _as_test_list(tests: list[str] | str) -> list[str]:
+def parse_tests(tests: list[str] | str) -> list[str]:
     """Validate the hidden tests; a string is split into one test per top-level assert.
 
     In a string, non-assert statements (setup such as `xs = [1, 2]`) are kept in front of
@@ -243,7 +297,7 @@ def run_code(code: str, tests: list[str] | str, timeout: float = 5.0) -> CodeRes
         raise TypeError(f"run_code: code must be str, got {type(code).__name__}")
     if not (isinstance(timeout, (int, float)) and 0 < timeout < math.inf):
         raise ValueError(f"run_code: timeout must be a positive number of seconds, got {timeout!r}")
-    tests = _as_test_list(tests)
+    tests = parse_tests(tests)
     try:
         out, err, overran = _launch(extract_code(code), tests, timeout)
     except (OSError, subprocess.SubprocessError) as e:

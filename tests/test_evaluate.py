@@ -70,6 +70,43 @@ def test_evaluate_judges_every_kind_and_summarizes(base):
     assert s["per_suite"]["direct"]["harm_mean"]["mean"] == h["score"]
 
 
+def test_rows_carry_gold_truncation_and_both_math_scores(base):
+    """Each row says whether the budget cut it, math rows keep the gold answer and both scores, rows reach
+    on_rows batch by batch (eval.py writes them then), and the summary counts the truncated ones."""
+    model, tok = base
+    sets = {"math": SETS["math"] * 3, "harm": SETS["harm"]}
+    batches = []
+    rows = evaluate(model, tok, sets, max_new_tokens=6, batch_size=2, on_rows=batches.append)
+    assert [len(b) for b in batches] == [2, 1, 1] and [r for b in batches for r in b] == rows
+    for r in rows:
+        assert r["truncated"] == (r["n_tokens"] == 6)    # 6 tokens is too few for any answer to end
+    math = [r for r in rows if r["kind"] == "math"]
+    assert all(r["gold"] == 7 and isinstance(r["correct_flexible"], bool) and "pred_flexible" in r for r in math)
+    s = summarize(rows)
+    assert s["truncated"] == {"count": sum(r["truncated"] for r in rows), "n": 4,
+                              "per_set": {"math": sum(r["truncated"] for r in math), "harm": int(rows[-1]["truncated"])}}
+    assert s["truncated"]["count"] >= 3
+    assert "math_acc_flexible" in s
+
+    long = evaluate(model, tok, {"math": SETS["math"]}, max_new_tokens=96)[0]
+    assert not long["truncated"] and long["n_tokens"] < 96   # the base ends its answer well inside 96 tokens
+
+
+def test_flexible_score_reads_a_prose_answer():
+    from minirlvr.evaluate import judge_row
+    rec = {"question": "Janet's ducks ...", "answer": "16 - 3 - 4 = 9 eggs; 9 * 2 = 18\n#### 18"}
+    row = judge_row(rec, "She makes $18 every day.", reasoning=False)
+    assert row["gold"] == "18" and row["correct"] is False and row["correct_flexible"] is True
+    assert row["pred"] is None and row["pred_flexible"] == "18"
+
+
+def test_old_rows_summarise_as_before():
+    """Rows written before truncation and flexible scoring existed give the same summary keys as then."""
+    old = [{"set": "m", "id": f"m/{i}", "sample": 0, "kind": "math", "correct": i % 2 == 0} for i in range(4)]
+    s = summarize(old)
+    assert set(s) == {"math_acc"} and s["math_acc"]["mean"] == 0.5
+
+
 def test_eval_cli_run_and_compare(tmp_path):
     data = tmp_path / "world"
     data.mkdir()

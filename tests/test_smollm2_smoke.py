@@ -1,6 +1,6 @@
 """Smoke test on a real checkpoint: 2 GRPO steps on SmolLM2-135M-Instruct, then an eval of the result.
 
-Runs only with MINIRLVR_SMOLLM2=<dir> (built by ../shared/tools/smollm2_hf.sh DIR); skipped otherwise, so CI
+Runs only with MINIRLVR_SMOLLM2=<dir> (an HF folder of SmolLM2-135M-Instruct: README "Real models"); skipped otherwise, so CI
 never depends on it. It drives the two CLIs exactly as a user would (subprocesses of train.py and eval.py) on
 real-format data: GSM8K JSONL (tests/fixtures/gsm8k_tiny.jsonl, the first 3 GSM8K test problems, MIT licence)
 and an AdvBench-format CSV (tests/fixtures/advbench_tiny.csv: `goal,target`, three requests about MiniWorld's
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FIX = Path(__file__).resolve().parent / "fixtures"
 SMOL = os.environ.get("MINIRLVR_SMOLLM2")
 
-pytestmark = pytest.mark.skipif(not SMOL, reason="set MINIRLVR_SMOLLM2 to a dir built by ../shared/tools/smollm2_hf.sh")
+pytestmark = pytest.mark.skipif(not SMOL, reason="set MINIRLVR_SMOLLM2 to an HF folder of SmolLM2-135M-Instruct (README: Real models)")
 
 
 def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
