@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -73,9 +74,12 @@ def cmd_run(a) -> int:
     tok = Tokenizer.from_pretrained(a.model)
     out = Path(a.out) if a.out else default_out(a.model)
     out.parent.mkdir(parents=True, exist_ok=True)
+    # Rows reach OUT.part as they are judged; OUT appears only when every row is in, so a file named OUT is
+    # always complete (experiments skip work whose OUT exists) and an interrupted run keeps what it did.
+    part = out.with_name(out.name + ".part")
     print(f"writing {out}", file=sys.stderr)
     written = 0
-    with out.open("w", encoding="utf-8") as f:
+    with part.open("w", encoding="utf-8") as f:
         def write(batch: list[dict]) -> None:
             nonlocal written
             for row in batch:  # which model, so that `compare` can group one model's files across temperatures
@@ -88,8 +92,9 @@ def cmd_run(a) -> int:
                             batch_size=a.batch_size, seed=a.seed, samples=a.samples, reasoning=a.reasoning,
                             system=a.system, progress=True, entropy=a.entropy, on_rows=write)
         except KeyboardInterrupt:
-            print(f"\ninterrupted: the {written} rows finished so far are in {out}", file=sys.stderr)
+            print(f"\ninterrupted: the {written} rows finished so far are in {part}", file=sys.stderr)
             return 130
+    os.replace(part, out)
     summary = summarize(rows)
     print(json.dumps(summary, indent=1))
     print(run_headline(summary, a.max_new_tokens))

@@ -77,13 +77,14 @@ def test_rows_are_on_disk_as_they_are_judged_and_ctrl_c_keeps_them(tmp_path):
                              str(out), "--batch_size", "1", "--max_new_tokens", "32"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 2):
+    part = out.with_name(out.name + ".part")  # rows land here; OUT itself appears only when complete
+    while time.time() < deadline and (not part.exists() or len(part.read_text().splitlines()) < 2):
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]
-    kept = [json.loads(l) for l in out.read_text().splitlines()]     # every line is a whole row
-    assert 2 <= len(kept) < 120 and "interrupted" in err and str(out) in err
+    kept = [json.loads(l) for l in part.read_text().splitlines()]     # every line is a whole row
+    assert 2 <= len(kept) < 120 and "interrupted" in err and str(part) in err and not out.exists()
     assert "Traceback" not in err
 
 
