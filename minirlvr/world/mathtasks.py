@@ -14,8 +14,8 @@ probability CHAIN_SHARE and a one-line SHORTCUT (`#### 17`, the answer with no w
 model cannot do 2-4 operations in its head, so the two paths succeed at different rates, and a policy that
 shifts probability towards CHAIN gets more answers right: there are paths for RL's Gibbs tilt to reweight.
 `procedure_of` reads which path a response took. CHAIN_SHARE is set by E1v3's go/no-go on the base, before any
-arm ran: 0.5 gave a base with greedy pass@1 0.17 (< 0.25: too little worked practice), so attempt 2 uses 0.67
-(results/E1v3/NOTES.md lists every attempt).
+arm ran: 0.5 gave a base with greedy pass@1 0.17 (< 0.25: too little worked practice), 0.67 one whose CHAIN
+share at T = 1 was 0.74 (> 0.7), so attempt 3 uses 0.6 (results/E1v3/NOTES.md lists every attempt).
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def sample_math(rng: random.Random, difficulty: int | None = None) -> dict:
 
 # ---------------------------------------------------------------------------- two procedures (v3, W1)
 
-CHAIN_SHARE = 0.67  # share of worked answers in all math text (miniworld-3; W1 attempt 2, after 0.5 failed go/no-go)
+CHAIN_SHARE = 0.6  # share of worked answers in all math text (miniworld-3; W1 attempt 3: 0.5 and 0.67 failed go/no-go)
 _CHAIN_LINE = re.compile(r"^\s*\d+ [-+*/] \d+ = \d+\s*$")
 
 
