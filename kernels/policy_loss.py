@@ -1,50 +1,102 @@
-"""Clipped policy-gradient loss with a KL penalty: GRPO, PPO, DAPO, Dr.GRPO.
+"""Policy losses with a KL penalty: PPO/GRPO/DAPO clip, CISPO and GSPO, one table, one signature.
 
-Per token, with r = exp(logp - old_logp) and advantage A:
+Per token t of response b, with the importance ratio r = pi / pi_old and the advantage A:
 
-    pg = max(-A * r, -A * clip(r, 1 - clip_low, 1 + clip_high))     (PPO clip)
-    kl = k(logp, ref_logp)                                        (k1 / k2 / k3)
-    loss_t = pg + kl_coef * kl
+    ppo_clip  max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))       PPO, GRPO, DAPO (clip_high > clip_low)
+    cispo     -sg[clip(r, 1 - clip_low, 1 + clip_high)] A log pi      MiniMax-M1: the clipped ratio only
+                                                                     weighs the gradient, no token is dropped
+    gspo      ppo_clip on the sequence ratio s_b = exp(mean_t log r)  Qwen's GSPO (token form: the gradient of
+                                                                     every token carries s_b)
+    loss_t = policy_t + kl_coef * k(log pi, log ref)                  (KL estimators k1 / k2 / k3)
 
-and the [B,T] per-token losses are reduced by an aggregator. Asymmetric
-bounds (clip_high > clip_low) are DAPO's "clip-higher". Each family of
-variants is a name -> function table (PG_LOSSES, KL_ESTIMATORS, AGGREGATORS);
-a new variant is one pure function plus one entry.
+and the [B,T] per-token losses are aggregated. Each family is a name -> pure function table
+(POLICY_LOSSES, KL_ESTIMATORS, AGGREGATORS): a new variant is one function plus one entry, and
+`--loss NAME` / `--kl_estimator` / `--agg` in train.py pick from the tables.
 
-The elementwise part (ratio, clip, KL and their backward) is one compiled
-function, fused by torch.compile into a forward and a backward loop; the
-aggregation is a few reductions left eager so that every aggregator reuses
-the same compiled graph.
+Aggregation as (sum, units): an aggregator returns the summed loss and how many units (tokens or
+responses) it averaged over, and the loss is sum / units. When a batch is split (micro-batches, minibatch
+rows spread over ranks) each slice passes the *global* unit count, so the slices' losses add up to the loss
+of the whole batch: the split cannot change the weights.
 
-The mask may be bool or float weights: every aggregator and statistic
-weights token t of sequence b by mask[b,t], e.g. token_mean is
-sum(x * mask) / sum(mask). Float weights make exact expectations over a
-finite set of paths possible (see tests/test_kl_estimators.py).
+Log-ratios are clamped to +-20 before exp (as verl does), so a token the policy has nearly ruled out cannot
+make the ratio or k3 infinite (its gradient is zero there instead).
+
+The mask may be bool or float weights: every aggregator and statistic weights token t of sequence b by
+mask[b,t], e.g. token_mean is sum(x * mask) / sum(mask). Float weights make exact expectations over a finite
+set of paths possible (tests/test_kl_estimators.py). The per-token part is one function that torch.compile
+fuses into a forward and a backward loop; the aggregation stays eager, so all aggregators share one graph.
 """
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 import torch
 
 from kernels._compile import MaybeCompiled
 
 Tensor = torch.Tensor
+MAX_LOG_RATIO = 20.0  # exp(20) = 4.9e8: finite in fp32, far beyond any useful ratio
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """What a policy loss may read. Add a field here (and to the RL config) for a new variant's knob."""
+    loss: str = "ppo_clip"           # a key of POLICY_LOSSES
+    clip_low: float = 0.2
+    clip_high: float = 0.2           # DAPO's clip-higher uses 0.28
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"         # a key of KL_ESTIMATORS
+    agg: str = "token_mean"          # a key of AGGREGATORS
+    norm_len: float | None = None    # Dr.GRPO's constant length (seq_mean_token_sum_norm); None: T
+
+
+class TokenLoss(NamedTuple):
+    loss: Tensor          # [B,T] per-token loss, to be minimised
+    ratio: Tensor         # [B,T] the importance ratio the loss clips (detached)
+    clipped_low: Tensor   # [B,T] bool: the lower clip bound changes this token's gradient
+    clipped_high: Tensor  # [B,T] bool: the upper clip bound does
+
+
+def log_ratio(logp: Tensor, old_logp: Tensor) -> Tensor:
+    return (logp - old_logp).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
+
 
 # ---------------------------------------------------------------------------
-# Policy-gradient surrogates: (ratio [B,T], adv [B,T] or [B,1], clip_low, clip_high) -> loss [B,T]
+# Policy losses: (logp [B,T], old_logp [B,T], adv [B,1] or [B,T], mask [B,T] float, cfg) -> TokenLoss
 
 
-def pg_clip(ratio: Tensor, adv: Tensor, clip_low: float, clip_high: float) -> Tensor:
-    """PPO/GRPO clipped surrogate, negated to be minimised: max(-A r, -A clip(r))."""
-    return torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high))
+def _clipped_surrogate(ratio: Tensor, adv: Tensor, cfg: LossConfig) -> TokenLoss:
+    """max(-A r, -A clip(r)): where the clipped branch wins the token gets no gradient."""
+    low, high = 1.0 - cfg.clip_low, 1.0 + cfg.clip_high
+    loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(low, high))
+    r = ratio.detach()
+    return TokenLoss(loss, r, (adv < 0) & (r < low), (adv > 0) & (r > high))
 
 
-def pg_unclipped(ratio: Tensor, adv: Tensor, clip_low: float, clip_high: float) -> Tensor:
-    """Importance-weighted policy gradient without clipping, -A r (REINFORCE when on-policy)."""
-    return -adv * ratio
+def ppo_clip(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, cfg: LossConfig) -> TokenLoss:
+    """PPO's clipped surrogate on the token ratio (GRPO, DAPO)."""
+    return _clipped_surrogate(torch.exp(log_ratio(logp, old_logp)), adv, cfg)
 
 
-PG_LOSSES: dict[str, Callable[..., Tensor]] = {"clip": pg_clip, "unclipped": pg_unclipped}
+def cispo(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, cfg: LossConfig) -> TokenLoss:
+    """CISPO (MiniMax-M1, 2025): -sg[clip(r)] A log pi. The clipped ratio is a constant weight, so every
+    token keeps a REINFORCE gradient, only its size is bounded (PPO's clip zeroes it instead)."""
+    r = torch.exp(log_ratio(logp, old_logp)).detach()
+    low, high = 1.0 - cfg.clip_low, 1.0 + cfg.clip_high
+    return TokenLoss(-r.clamp(low, high) * adv * logp, r, r < low, r > high)
+
+
+def gspo(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, cfg: LossConfig) -> TokenLoss:
+    """GSPO (Zheng et al., 2025): the clipped surrogate on the length-normalised sequence ratio
+    s_b = exp(mean_t (log pi - log pi_old)), in its token form s_bt = sg[s_b] * pi_t / sg[pi_t]: the value is
+    s_b on every token, the gradient of token t is s_b * grad log pi_t. The paper averages per sequence
+    (--agg seq_mean_token_mean)."""
+    seq_log_ratio = (log_ratio(logp, old_logp) * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
+    ratio = torch.exp(logp - logp.detach() + seq_log_ratio.detach())
+    return _clipped_surrogate(ratio, adv, cfg)
+
+
+POLICY_LOSSES: dict[str, Callable[..., TokenLoss]] = {"ppo_clip": ppo_clip, "cispo": cispo, "gspo": gspo}
 
 # ---------------------------------------------------------------------------
 # Estimators of KL(pi || ref) from tokens sampled from pi (Schulman 2020,
@@ -66,14 +118,44 @@ def kl_k2(logp: Tensor, ref_logp: Tensor) -> Tensor:
 
 def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
     """exp(ref - logp) - (ref - logp) - 1: unbiased, low variance, never negative."""
-    d = ref_logp - logp
+    d = log_ratio(ref_logp, logp)
     return torch.exp(d) - d - 1.0
 
 
 KL_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
 
 # ---------------------------------------------------------------------------
-# Aggregators: (x [B,T], mask [B,T] float weights, norm_len) -> scalar.
+# Aggregators: (x [B,T], mask [B,T] float weights, norm_len) -> (sum, units), loss = sum / units.
+
+
+def agg_token_mean(x: Tensor, mask: Tensor, norm_len: float | None) -> tuple[Tensor, Tensor]:
+    """Every token weighs the same (DAPO's token-level loss): sum(x * mask) over sum(mask) tokens."""
+    return (x * mask).sum(), mask.sum()
+
+
+def _responses(mask: Tensor) -> Tensor:
+    """How many rows hold at least one token: a row emptied by a filter is not a response."""
+    return (mask.sum(-1) > 0).sum().to(mask.dtype)
+
+
+def agg_seq_mean_token_mean(x: Tensor, mask: Tensor, norm_len: float | None) -> tuple[Tensor, Tensor]:
+    """Mean over responses of each one's token mean (original GRPO)."""
+    den = mask.sum(-1)
+    return _safe_div((x * mask).sum(-1), den).sum(), _responses(mask)
+
+
+def agg_seq_mean_token_sum_norm(x: Tensor, mask: Tensor, norm_len: float | None) -> tuple[Tensor, Tensor]:
+    """Mean over responses of sum_t(x * mask) / norm_len, norm_len defaulting to T (Dr.GRPO: a constant
+    normaliser removes GRPO's bias towards long wrong answers)."""
+    norm = float(x.shape[-1]) if norm_len is None else float(norm_len)
+    return (x * mask).sum() / norm, _responses(mask)
+
+
+AGGREGATORS: dict[str, Callable[[Tensor, Tensor, float | None], tuple[Tensor, Tensor]]] = {
+    "token_mean": agg_token_mean,
+    "seq_mean_token_mean": agg_seq_mean_token_mean,
+    "seq_mean_token_sum_norm": agg_seq_mean_token_sum_norm,
+}
 
 
 def _safe_div(num: Tensor, den: Tensor) -> Tensor:
@@ -81,49 +163,23 @@ def _safe_div(num: Tensor, den: Tensor) -> Tensor:
     return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
 
 
-def agg_token_mean(x: Tensor, mask: Tensor, norm_len: float | None) -> Tensor:
-    """sum(x * mask) / sum(mask): every token weighs the same (DAPO's token-level loss)."""
-    return _safe_div((x * mask).sum(), mask.sum())
-
-
-def agg_seq_mean_token_mean(x: Tensor, mask: Tensor, norm_len: float | None) -> Tensor:
-    """Mean over sequences of each one's masked token mean (original GRPO).
-
-    Sequences whose mask sums to 0 are left out of the mean over sequences.
-    """
-    den = mask.sum(-1)
-    per_seq = _safe_div((x * mask).sum(-1), den)
-    return _safe_div(per_seq.sum(), (den > 0).sum().to(x.dtype))
-
-
-def agg_seq_mean_token_sum_norm(x: Tensor, mask: Tensor, norm_len: float | None) -> Tensor:
-    """Mean over all B sequences of sum_t(x * mask) / norm_len, norm_len defaulting to T.
-
-    Dr.GRPO: a constant normaliser removes GRPO's bias towards long wrong answers.
-    """
-    norm = float(x.shape[-1]) if norm_len is None else float(norm_len)
-    return (x * mask).sum(-1).mean() / norm
-
-
-AGGREGATORS: dict[str, Callable[[Tensor, Tensor, float | None], Tensor]] = {
-    "token_mean": agg_token_mean,
-    "seq_mean_token_mean": agg_seq_mean_token_mean,
-    "seq_mean_token_sum_norm": agg_seq_mean_token_sum_norm,
-}
+def loss_units(mask: Tensor, agg: str = "token_mean") -> Tensor:
+    """The units the aggregator `agg` averages over in this mask (tokens or responses): 0-dim tensor.
+    Asked of the aggregator itself, so that a new aggregator needs no second definition of its units."""
+    m = mask.to(torch.float32)
+    return AGGREGATORS[agg](torch.zeros_like(m), m, None)[1]
 
 # ---------------------------------------------------------------------------
 
 
-def _token_terms(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, adv: Tensor,
-                 clip_low: float, clip_high: float, pg_name: str, kl_name: str):
-    """The fused elementwise part: -> pg [B,T], kl [B,T] or None, ratio [B,T]."""
-    ratio = torch.exp(logp - old_logp)
-    pg = PG_LOSSES[pg_name](ratio, adv, clip_low, clip_high)
-    kl = None if ref_logp is None else KL_ESTIMATORS[kl_name](logp, ref_logp)
-    return pg, kl, ratio
+def _token_terms(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, adv: Tensor, mask: Tensor,
+                 cfg: LossConfig) -> tuple[TokenLoss, Tensor | None]:
+    """The fused elementwise part: -> TokenLoss, kl [B,T] or None."""
+    kl = None if ref_logp is None else KL_ESTIMATORS[cfg.kl_estimator](logp, ref_logp)
+    return POLICY_LOSSES[cfg.loss](logp, old_logp, adv, mask, cfg), kl
 
 
-# B and T change every step; names and clip bounds are compile-time constants.
+# B and T change every step; the config is a compile-time constant.
 _token_terms_fn = MaybeCompiled(_token_terms, dynamic_dims=(0, 1), dynamic=False)
 
 
@@ -132,33 +188,31 @@ def _check(name: str, value: str, table: dict):
         raise ValueError(f"policy_loss: unknown {name} {value!r}; choose one of {sorted(table)}")
 
 
-def policy_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantages: Tensor,
-                mask: Tensor, clip_low: float = 0.2, clip_high: float = 0.2, kl_coef: float = 0.0,
-                kl_estimator: str = "k3", agg: str = "token_mean", entropy: Tensor | None = None,
-                norm_len: float | None = None, loss_type: str = "clip",
+def policy_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantages: Tensor, mask: Tensor,
+                cfg: LossConfig = LossConfig(), entropy: Tensor | None = None, units: Tensor | float | None = None,
                 compiled: bool | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-    """Clipped policy-gradient loss plus kl_coef * KL(pi || ref), aggregated by `agg`.
+    """cfg.loss plus cfg.kl_coef * KL(pi || ref), aggregated by cfg.agg.
 
     logp, old_logp, ref_logp [B,T] (ref_logp may be None when kl_coef == 0),
     advantages [B] (one per sequence) or [B,T], mask [B,T] bool or float weights,
     entropy [B,T] optional (statistics only). Gradients flow into logp only
-    (old_logp, ref_logp and advantages are detached).
+    (old_logp, ref_logp and advantages are detached). units: the number of
+    aggregation units (loss_units) of the whole batch this slice belongs to;
+    None: this slice's own.
 
     Returns (loss, stats); stats are detached 0-dim tensors, token-weighted by
     the mask whatever `agg` is (m = mask, sums over all b,t):
-      clip_frac_low   sum(m * [A < 0 and r < 1 - clip_low]) / sum(m): tokens where the
-                      lower clip is active (the surrogate is flat, no gradient)
-      clip_frac_high  sum(m * [A > 0 and r > 1 + clip_high]) / sum(m): upper clip active
-      clip_frac       their sum
+      clip_frac_low   sum(m * clipped_low) / sum(m): tokens whose gradient the lower bound changes
+                      (ppo_clip, gspo: zeroes it, where A < 0; cispo: caps its weight)
+      clip_frac_high  the same for the upper bound; clip_frac  their sum
       ratio_mean      sum(m * r) / sum(m)
-      pg_loss         agg(pg), the policy-gradient part of the loss
-      kl_mean, kl_loss  sum(m * kl) / sum(m) and agg(kl)   (only when ref_logp is given)
+      pg_loss         the policy part of the loss
+      kl_mean, kl_loss  sum(m * kl) / sum(m) and the KL part of the loss (only when ref_logp is given)
       entropy_mean    sum(m * entropy) / sum(m)            (only when entropy is given)
-    With loss_type="unclipped" nothing is clipped and the clip fractions are 0.
     """
-    _check("kl_estimator", kl_estimator, KL_ESTIMATORS)
-    _check("agg", agg, AGGREGATORS)
-    _check("loss_type", loss_type, PG_LOSSES)
+    _check("loss", cfg.loss, POLICY_LOSSES)
+    _check("kl_estimator", cfg.kl_estimator, KL_ESTIMATORS)
+    _check("agg", cfg.agg, AGGREGATORS)
     if logp.dim() != 2:
         raise ValueError(f"policy_loss: logp must be [B,T], got {tuple(logp.shape)}")
     for name, t in [("old_logp", old_logp), ("ref_logp", ref_logp), ("mask", mask), ("entropy", entropy)]:
@@ -168,10 +222,10 @@ def policy_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advanta
     if advantages.shape not in (logp.shape[:1], logp.shape):
         raise ValueError(f"policy_loss: advantages must be [B] or [B,T] for logp {tuple(logp.shape)}, "
                          f"got {tuple(advantages.shape)}")
-    if kl_coef != 0 and ref_logp is None:
+    if cfg.kl_coef != 0 and ref_logp is None:
         raise ValueError("policy_loss: kl_coef != 0 needs ref_logp")
-    if not (0 <= clip_low < 1 and clip_high >= 0):
-        raise ValueError(f"policy_loss: need 0 <= clip_low < 1 and clip_high >= 0, got {clip_low}, {clip_high}")
+    if not (0 <= cfg.clip_low < 1 and cfg.clip_high >= 0):
+        raise ValueError(f"policy_loss: need 0 <= clip_low < 1 and clip_high >= 0, got {cfg.clip_low}, {cfg.clip_high}")
 
     # old and ref log-probs are constants of the update, whatever the caller passes
     old_logp = old_logp.detach()
@@ -179,28 +233,25 @@ def policy_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advanta
     adv = advantages[:, None] if advantages.dim() == 1 else advantages
     adv = adv.detach().to(logp.dtype)
     m = mask.to(logp.dtype)
-    aggregate = AGGREGATORS[agg]
+    aggregate = AGGREGATORS[cfg.agg]
 
-    pg, kl, ratio = _token_terms_fn(compiled, logp, old_logp, ref_logp, adv,
-                                    float(clip_low), float(clip_high), loss_type, kl_estimator)
-    pg_loss = aggregate(pg, m, norm_len)
+    terms, kl = _token_terms_fn(compiled, logp, old_logp, ref_logp, adv, m, cfg)
+    pg_sum, own_units = aggregate(terms.loss, m, cfg.norm_len)
+    units = own_units if units is None else units
+    pg_loss = _safe_div(pg_sum, torch.as_tensor(units, dtype=m.dtype, device=m.device))
     loss = pg_loss
     kl_loss = None
     if kl is not None:
-        kl_loss = aggregate(kl, m, norm_len)
-        if kl_coef != 0:
-            loss = loss + kl_coef * kl_loss
+        kl_loss = _safe_div(aggregate(kl, m, cfg.norm_len)[0], torch.as_tensor(units, dtype=m.dtype, device=m.device))
+        if cfg.kl_coef != 0:
+            loss = loss + cfg.kl_coef * kl_loss
 
     with torch.no_grad():
         def tmean(x: Tensor) -> Tensor:
-            return agg_token_mean(x.detach().to(m.dtype), m, None)
-        r = ratio.detach()
-        clipped = loss_type == "clip"
-        zero = torch.zeros((), dtype=m.dtype, device=m.device)
-        low = tmean((adv < 0) & (r < 1.0 - clip_low)) if clipped else zero
-        high = tmean((adv > 0) & (r > 1.0 + clip_high)) if clipped else zero
+            return _safe_div((x.detach().to(m.dtype) * m).sum(), m.sum())
+        low, high = tmean(terms.clipped_low), tmean(terms.clipped_high)
         stats = {"clip_frac_low": low, "clip_frac_high": high, "clip_frac": low + high,
-                 "ratio_mean": tmean(r), "pg_loss": pg_loss.detach()}
+                 "ratio_mean": tmean(terms.ratio), "pg_loss": pg_loss.detach()}
         if kl is not None:
             stats["kl_mean"] = tmean(kl)
             stats["kl_loss"] = kl_loss.detach()

@@ -44,7 +44,7 @@ def load_optimizer(opt: torch.optim.Optimizer, file: Path, param_groups: list[di
 
 
 def save_checkpoint(out: Path, model: Transformer, opt: torch.optim.Optimizer | None, step: int, config: dict,
-                    tokenizer=None, critic: Transformer | None = None, critic_opt=None, extra: dict | None = None) -> Path:
+                    tokenizer=None, critic=None, critic_opt=None, extra: dict | None = None) -> Path:
     """Writes OUT/model atomically. Returns the checkpoint path."""
     path = Path(out) / "model"
     with atomic_dir(path) as tmp:

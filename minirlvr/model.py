@@ -13,10 +13,13 @@ Architecture (identical for both families):
 Module and parameter names mirror Hugging Face's (`model.layers.0.self_attn.q_proj.weight` ...), so a
 state dict maps 1:1 onto a checkpoint directory and back, with no renaming table to read.
 
-The forward pass takes optional per-row positions (needed for left-padded batches: a row's first real
-token must sit at position 0, whatever padding precedes it), an optional KV cache (used by the sampler)
-and a key-validity mask, and can return the final hidden states instead of logits (the chunked log-prob
-kernel multiplies them with the lm_head weight itself, so the [B, T, V] logits never exist at once).
+One forward pass serves training, evaluation and decoding. It takes optional per-row positions (needed
+for left-padded batches: a row's first real token must sit at position 0, whatever padding precedes it),
+a key-validity mask, and a KV cache as an argument (the sampler's), and can return the final hidden
+states instead of logits (the chunked log-prob kernel multiplies them with the lm_head weight itself, so
+the [B, T, V] logits never exist at once). Attention gets a boolean mask only when some key is padding;
+otherwise it runs plain causal, which lets CUDA use its fused attention kernels. How the linear layers
+compute is the sampler's business on CPU (sampler.fast_linears), not a second copy of this model.
 """
 
 from __future__ import annotations
@@ -166,6 +169,7 @@ class KVCache:
         self.key_mask = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
         self.length = 0
         self.max_len = max_len
+        self.padded = False
 
     @classmethod
     def for_model(cls, model: "Transformer", batch: int, max_len: int) -> "KVCache":
@@ -177,6 +181,16 @@ class KVCache:
         self.k = [k.index_select(0, index) for k in self.k]
         self.v = [v.index_select(0, index) for v in self.v]
         self.key_mask = self.key_mask.index_select(0, index)
+
+    def add_keys(self, key_mask: torch.Tensor | None, T: int) -> None:
+        """Mark the next T slots real (key_mask [B, T]: False at padding; None: all real)."""
+        if self.length + T > self.max_len:
+            raise ValueError(f"KV cache overflow: {self.length} + {T} tokens > max_len {self.max_len}")
+        if key_mask is None:
+            self.key_mask[:, self.length:self.length + T] = True
+        else:
+            self.key_mask[:, self.length:self.length + T] = key_mask
+            self.padded = self.padded or not bool(key_mask.all())
 
 
 class Attention(nn.Module):
@@ -200,8 +214,8 @@ class Attention(nn.Module):
             cache.v[layer][:, :, start:start + T] = v
             k, v = cache.k[layer][:, :, :start + T], cache.v[layer][:, :, :start + T]
         gqa = self.n_kv != self.n_heads
-        if mask is None:  # plain causal attention over this call's tokens only
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        if mask is None:  # no padding: causal, which a lone query after the cache's keys gets for free
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
@@ -254,6 +268,20 @@ def build_mask(key_mask: torch.Tensor, start: int, T: int) -> torch.Tensor:
     return ((causal & key_mask[:, None, :]) | (k_slot == q_slot))[:, None]
 
 
+def attention_mask(key_mask: torch.Tensor | None, cache: KVCache | None, T: int) -> torch.Tensor | None:
+    """The boolean mask for T new queries, or None when causal attention is exact (no key is padding, and the
+    queries either start the sequence or are a single decoding step). Records key_mask in the cache."""
+    if cache is None:
+        if key_mask is None or bool(key_mask.all()):
+            return None
+        return build_mask(key_mask, 0, T)
+    start = cache.length
+    cache.add_keys(key_mask, T)
+    if not cache.padded and (start == 0 or T == 1):
+        return None
+    return build_mask(cache.key_mask[:, :start + T], start, T)
+
+
 # ----------------------------------------------------------------------------------------------------
 # the model
 
@@ -281,27 +309,15 @@ class Transformer(nn.Module):
                 return_hidden: bool = False) -> torch.Tensor:
         """input_ids [B, T] -> logits [B, T, V] (or final-normed hidden states [B, T, H] if return_hidden).
 
-        positions [B, T]: RoPE positions (default 0..T-1 continuing after the cache's length).
-        key_mask [B, T] (no cache) or [B, cache.length + T] (with cache): True at real tokens. With a cache
-        the mask is also stored in cache.key_mask; if omitted there, earlier slots keep their stored mask
-        and the new tokens count as real.
+        positions [B, T]: RoPE positions (default 0..T-1, continuing after the cache's filled slots).
+        key_mask [B, T]: True at real tokens, False at padding (default: all real).
+        cache: the T new keys/values go to slots cache.length.. and attend to every real key before them.
         """
         B, T = input_ids.shape
-        start = cache.length if cache is not None else 0
-        if cache is not None and start + T > cache.max_len:
-            raise ValueError(f"KV cache overflow: {start} + {T} tokens > max_len {cache.max_len}")
+        start = 0 if cache is None else cache.length
         if positions is None:
             positions = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
-        mask = None
-        if cache is not None:
-            if key_mask is None:
-                cache.key_mask[:, start:start + T] = True
-            else:
-                cache.key_mask[:, :start + T] = key_mask
-            if start > 0 or not bool(cache.key_mask[:, :T].all()):
-                mask = build_mask(cache.key_mask[:, :start + T], start, T)
-        elif key_mask is not None:
-            mask = build_mask(key_mask, 0, T)
+        mask = attention_mask(key_mask, cache, T)
         x = self.model.embed_tokens(input_ids)
         cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
         for i, layer in enumerate(self.model.layers):

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from minirlvr import dist
-from minirlvr.config import ConfigError
+from minirlvr.config import ConfigError, resume_config, save_config
 from minirlvr.checkpoint import load_optimizer, read_state, restore_rng, save_checkpoint
 from minirlvr.data import pack_examples, pretrain_stream, read_many, row_batch, sft_examples, stream_batch
 from minirlvr.metrics import MetricsLog, Progress
@@ -46,7 +46,7 @@ class LMConfig:
     progress: bool = True
 
     def validate(self):
-        if not self.data:
+        if not self.data and not self.resume:
             raise ConfigError("config: 'data' must list at least one JSONL file")
         if self.batch_size % self.grad_accum:
             raise ConfigError("config: 'batch_size' must be divisible by 'grad_accum'")
@@ -78,7 +78,7 @@ class SFTConfig(LMConfig):
 
     def validate(self):
         super().validate()
-        if not self.init:
+        if not self.init and not self.resume:
             raise ConfigError("config: 'init' (an HF model directory) is required for sft")
 
 
@@ -126,15 +126,15 @@ def train_lm(cfg: LMConfig, model: Transformer, tok: Tokenizer, rows: torch.Tens
         norm = float(dist.all_sum(bmask[:, 1:].sum().float()).item())  # global target count
         lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_frac)
         set_lr(opt, lr)
-        total = 0.0
+        total = torch.zeros((), dtype=torch.float64, device=device)  # on the device: NCCL reduces GPU tensors only
         for m in range(cfg.grad_accum):
             sl = slice(m * micro, (m + 1) * micro)
             with autocast(device, cfg.bf16):
                 loss = lm_loss(model, batch[sl], bmask[sl], max(norm, 1.0))
             check_finite(loss, step)
             loss.backward()
-            total += loss.item()
-        total = float(dist.all_sum(torch.tensor(total)).item())
+            total += loss.detach()
+        total = float(dist.all_sum(total.float()).item())
         gnorm = apply_update(model, opt, cfg.grad_clip)
         dt = time.time() - t0
         log.write({"step": step, "loss": total, "lr": lr, "grad_norm": gnorm.item(), "tokens": norm,
@@ -148,8 +148,14 @@ def train_lm(cfg: LMConfig, model: Transformer, tok: Tokenizer, rows: torch.Tens
 
 def _setup(cfg: LMConfig):
     rank, world, dev = dist.init()
-    device = dev or pick_device(cfg.device)
+    device = pick_device(str(dev) if dev else cfg.device)
     torch.manual_seed(cfg.seed)
+    if cfg.resume:  # the checkpoint's config, so that a chain of resumes continues the first run
+        resume_config(cfg, read_state(Path(cfg.resume))["config"], str(Path(cfg.resume) / "trainer_state.json"),
+                      type(cfg).__name__)
+    if rank == 0:
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        save_config(cfg, Path(cfg.out) / "config.json")
     return device
 
 
