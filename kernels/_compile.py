@@ -1,18 +1,12 @@
 """When to use torch.compile, decided once per process and shared by all kernels.
 
-`compiled=None` (the default everywhere) means "compile if it works here": the
-first compiled call that fails *to compile* (no C++ compiler, unsupported
-Python, a Dynamo/Inductor error) prints one warning, flips a process-wide
-switch, and that call and every later one run the eager function instead.
-Errors of the computation itself (CUDA out of memory, bad shapes) are not
-compile failures: they propagate, and compilation stays on. No probe compile is paid up front; the
-cost of finding out is at most one failed compile. `compiled=True` lets the
-error propagate (for debugging), `compiled=False` or the environment variable
-MINIRLVR_NO_COMPILE=1 force eager.
-
-The eager and the compiled path run the very same Python function, so they
-compute the same math; only Inductor's fusion (fewer [C,V] temporaries, one
-pass over memory instead of several) differs.
+`compiled=None` (the default everywhere) means "compile if it works here": the first compiled call that fails
+*to compile* (no C++ compiler, unsupported Python, a Dynamo/Inductor error) warns once, flips a process-wide
+switch, and that call and every later one run the eager function instead; no probe compile is paid up front.
+Errors of the computation itself (CUDA out of memory, bad shapes) are not compile failures: they propagate
+and compilation stays on. `compiled=True` lets every error propagate, `compiled=False` or the environment
+variable MINIRLVR_NO_COMPILE=1 force eager. Both paths run the same Python function, so they compute the same
+math; only Inductor's fusion (fewer [C,V] temporaries, one pass over memory instead of several) differs.
 """
 
 import os
@@ -22,7 +16,6 @@ from typing import Callable
 import torch
 
 _compile_broken = False  # set once the first compiled call fails
-
 
 
 def compile_errors() -> tuple[type[Exception], ...]:

@@ -1,27 +1,16 @@
 """Per-token log-probs (and entropy) straight from hidden states, chunk by chunk.
 
-RL on language models needs, for every generated token, only log pi(token)
-and sometimes the entropy of pi. The naive route
-
+RL needs, for every generated token, only log pi(token) and sometimes the entropy of pi. The naive route
     logp = log_softmax(hidden @ W.T / T).gather(-1, targets)
+materialises several [N, V] float tensors (logits, log-softmax, and their gradients): with N=4096 tokens and
+SmolLM2's V=49152 each is 805 MB. Here the N rows are processed `chunk_size` at a time, so only a [chunk, V]
+slice of logits exists at once, and backward recomputes each chunk's logits from (hidden, W) instead of
+keeping them: one extra matmul buys memory proportional to chunk_size instead of N. The per-chunk math
+(log-sum-exp, gather, entropy, the softmax gradient) is a plain function that torch.compile fuses into one
+kernel each way (C++ loops on CPU, Triton on GPU); it runs eagerly when compile is off or unavailable.
 
-materialises several [N, V] float tensors (logits, log-softmax, and in
-backward their gradients): with N=4096 tokens and SmolLM2's V=49152 each is
-805 MB. Here the N rows are processed `chunk_size` at a time, so only a
-[chunk, V] slice of logits exists at once. Backward recomputes each chunk's
-logits from (hidden, W) instead of keeping them: one extra matmul buys
-memory proportional to chunk_size instead of N.
-
-The per-chunk math (log-sum-exp, gather, entropy, and the softmax gradient)
-is a plain function that torch.compile fuses into one kernel each way that
-reads the [chunk, V] logits twice in forward and once in backward (C++ loops
-on CPU, Triton on GPU); the same function runs eagerly when compile is off or
-unavailable.
-
-Gradients, with z = h @ W.T / T, p = softmax(z), t the target and
-H = -sum_v p_v log p_v the entropy:
-    d logp_t / dz = onehot(t) - p
-    d H / dz      = -p * (log p + H)
+Gradients, with z = h @ W.T / T, p = softmax(z), t the target and H = -sum_v p_v log p_v:
+    d logp_t / dz = onehot(t) - p,    d H / dz = -p * (log p + H)
 """
 
 import torch

@@ -1,30 +1,19 @@
-"""Policy losses with a KL penalty: PPO/GRPO/DAPO clip, CISPO and GSPO, one table, one signature.
+"""Policy losses with a KL penalty, one table and one signature: PPO/GRPO/DAPO clip, CISPO, GSPO.
 
 Per token t of response b, with the importance ratio r = pi / pi_old and the advantage A:
+    ppo_clip  max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))     (DAPO's clip-higher: clip_high > clip_low)
+    cispo     -sg[clip(r)] A log pi: the clipped ratio only weighs the gradient, no token is dropped (MiniMax-M1)
+    gspo      ppo_clip on the sequence ratio s_b = exp(mean_t log r), in its token form (Qwen's GSPO)
+    loss_t = policy_t + kl_coef * k(log pi, log ref)                (KL estimators k1 / k2 / k3)
+Each family is a name -> pure function table (POLICY_LOSSES, KL_ESTIMATORS, AGGREGATORS): a new variant is one
+function and one entry, and train.py's --loss / --kl_estimator / --agg pick from the tables.
 
-    ppo_clip  max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))       PPO, GRPO, DAPO (clip_high > clip_low)
-    cispo     -sg[clip(r, 1 - clip_low, 1 + clip_high)] A log pi      MiniMax-M1: the clipped ratio only
-                                                                     weighs the gradient, no token is dropped
-    gspo      ppo_clip on the sequence ratio s_b = exp(mean_t log r)  Qwen's GSPO (token form: the gradient of
-                                                                     every token carries s_b)
-    loss_t = policy_t + kl_coef * k(log pi, log ref)                  (KL estimators k1 / k2 / k3)
-
-and the [B,T] per-token losses are aggregated. Each family is a name -> pure function table
-(POLICY_LOSSES, KL_ESTIMATORS, AGGREGATORS): a new variant is one function plus one entry, and
-`--loss NAME` / `--kl_estimator` / `--agg` in train.py pick from the tables.
-
-Aggregation as (sum, units): an aggregator returns the summed loss and how many units (tokens or
-responses) it averaged over, and the loss is sum / units. When a batch is split (micro-batches, minibatch
-rows spread over ranks) each slice passes the *global* unit count, so the slices' losses add up to the loss
-of the whole batch: the split cannot change the weights.
-
-Log-ratios are clamped to +-20 before exp (as verl does), so a token the policy has nearly ruled out cannot
-make the ratio or k3 infinite (its gradient is zero there instead).
-
-The mask may be bool or float weights: every aggregator and statistic weights token t of sequence b by
-mask[b,t], e.g. token_mean is sum(x * mask) / sum(mask). Float weights make exact expectations over a finite
-set of paths possible (tests/test_kl_estimators.py). The per-token part is one function that torch.compile
-fuses into a forward and a backward loop; the aggregation stays eager, so all aggregators share one graph.
+An aggregator returns (sum, units): the summed loss and the number of tokens or responses it averages over.
+A slice of a batch (a micro-batch, one rank's rows) divides by the *whole* batch's units, so the slices'
+losses add up to the batch's loss whatever the split. Log-ratios are clamped to +-20 before exp (as verl
+does): a token the policy has all but ruled out cannot make the ratio or k3 infinite. The mask may be bool
+or float weights (exact expectations over a finite set of paths: tests/test_kl_estimators.py). The
+per-token part is one function that torch.compile fuses; the aggregation stays eager.
 """
 
 from dataclasses import dataclass
@@ -40,7 +29,7 @@ MAX_LOG_RATIO = 20.0  # exp(20) = 4.9e8: finite in fp32, far beyond any useful r
 
 @dataclass(frozen=True)
 class LossConfig:
-    """What a policy loss may read. Add a field here (and to the RL config) for a new variant's knob."""
+    """What a loss may read; a new variant's knob is one more field here (and in the RL config)."""
     loss: str = "ppo_clip"           # a key of POLICY_LOSSES
     clip_low: float = 0.2
     clip_high: float = 0.2           # DAPO's clip-higher uses 0.28
@@ -79,18 +68,17 @@ def ppo_clip(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, cfg: Los
 
 
 def cispo(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, cfg: LossConfig) -> TokenLoss:
-    """CISPO (MiniMax-M1, 2025): -sg[clip(r)] A log pi. The clipped ratio is a constant weight, so every
-    token keeps a REINFORCE gradient, only its size is bounded (PPO's clip zeroes it instead)."""
+    """CISPO (MiniMax-M1, 2025): every token keeps a REINFORCE gradient, its size bounded by the clipped ratio
+    (where PPO's clip zeroes it)."""
     r = torch.exp(log_ratio(logp, old_logp)).detach()
     low, high = 1.0 - cfg.clip_low, 1.0 + cfg.clip_high
     return TokenLoss(-r.clamp(low, high) * adv * logp, r, r < low, r > high)
 
 
 def gspo(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, cfg: LossConfig) -> TokenLoss:
-    """GSPO (Zheng et al., 2025): the clipped surrogate on the length-normalised sequence ratio
-    s_b = exp(mean_t (log pi - log pi_old)), in its token form s_bt = sg[s_b] * pi_t / sg[pi_t]: the value is
-    s_b on every token, the gradient of token t is s_b * grad log pi_t. The paper averages per sequence
-    (--agg seq_mean_token_mean)."""
+    """GSPO (Zheng et al., 2025): the clip on s_b = exp(mean_t log r), in token form sg[s_b] * pi_t / sg[pi_t]
+    (value s_b on every token, gradient s_b * grad log pi_t). The paper averages per response (--agg
+    seq_mean_token_mean)."""
     seq_log_ratio = (log_ratio(logp, old_logp) * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
     ratio = torch.exp(logp - logp.detach() + seq_log_ratio.detach())
     return _clipped_surrogate(ratio, adv, cfg)
@@ -99,11 +87,9 @@ def gspo(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, cfg: LossCon
 POLICY_LOSSES: dict[str, Callable[..., TokenLoss]] = {"ppo_clip": ppo_clip, "cispo": cispo, "gspo": gspo}
 
 # ---------------------------------------------------------------------------
-# Estimators of KL(pi || ref) from tokens sampled from pi (Schulman 2020,
-# "Approximating KL divergence"): (logp [B,T], ref_logp [B,T]) -> [B,T].
-# In value, k1 and k3 are unbiased and k2 is biased. As a loss their
-# expected gradients differ too: E_pi[grad k1] = 0, E_pi[grad k2] = grad KL(pi||ref),
-# E_pi[grad k3] = grad KL(ref||pi) (checked in tests/test_kl_estimators.py).
+# KL(pi || ref) from tokens sampled from pi (Schulman 2020): (logp [B,T], ref_logp [B,T]) -> [B,T]. k1 and k3
+# are unbiased in value, k2 is not; as losses E_pi[grad k1] = 0, E_pi[grad k2] = grad KL(pi||ref) and
+# E_pi[grad k3] = grad KL(ref||pi) (tests/test_kl_estimators.py).
 
 
 def kl_k1(logp: Tensor, ref_logp: Tensor) -> Tensor:
@@ -164,12 +150,11 @@ def _safe_div(num: Tensor, den: Tensor) -> Tensor:
 
 
 def loss_units(mask: Tensor, agg: str = "token_mean") -> Tensor:
-    """The units the aggregator `agg` averages over in this mask (tokens or responses): 0-dim tensor.
-    Asked of the aggregator itself, so that a new aggregator needs no second definition of its units."""
+    """How many units (tokens or responses) `agg` averages over in this mask; asked of the aggregator itself,
+    so that its units are defined once."""
     m = mask.to(torch.float32)
     return AGGREGATORS[agg](torch.zeros_like(m), m, None)[1]
 
-# ---------------------------------------------------------------------------
 
 
 def _token_terms(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, adv: Tensor, mask: Tensor,
@@ -183,36 +168,21 @@ def _token_terms(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, adv: T
 _token_terms_fn = MaybeCompiled(_token_terms, dynamic_dims=(0, 1), dynamic=False)
 
 
-def _check(name: str, value: str, table: dict):
-    if value not in table:
-        raise ValueError(f"policy_loss: unknown {name} {value!r}; choose one of {sorted(table)}")
-
-
 def policy_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantages: Tensor, mask: Tensor,
                 cfg: LossConfig = LossConfig(), entropy: Tensor | None = None, units: Tensor | float | None = None,
                 compiled: bool | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-    """cfg.loss plus cfg.kl_coef * KL(pi || ref), aggregated by cfg.agg.
+    """cfg.loss + cfg.kl_coef * KL(pi || ref), aggregated by cfg.agg; gradients flow into logp only.
 
-    logp, old_logp, ref_logp [B,T] (ref_logp may be None when kl_coef == 0),
-    advantages [B] (one per sequence) or [B,T], mask [B,T] bool or float weights,
-    entropy [B,T] optional (statistics only). Gradients flow into logp only
-    (old_logp, ref_logp and advantages are detached). units: the number of
-    aggregation units (loss_units) of the whole batch this slice belongs to;
-    None: this slice's own.
-
-    Returns (loss, stats); stats are detached 0-dim tensors, token-weighted by
-    the mask whatever `agg` is (m = mask, sums over all b,t):
-      clip_frac_low   sum(m * clipped_low) / sum(m): tokens whose gradient the lower bound changes
-                      (ppo_clip, gspo: zeroes it, where A < 0; cispo: caps its weight)
-      clip_frac_high  the same for the upper bound; clip_frac  their sum
-      ratio_mean      sum(m * r) / sum(m)
-      pg_loss         the policy part of the loss
-      kl_mean, kl_loss  sum(m * kl) / sum(m) and the KL part of the loss (only when ref_logp is given)
-      entropy_mean    sum(m * entropy) / sum(m)            (only when entropy is given)
+    logp, old_logp, ref_logp [B,T] (ref_logp may be None when kl_coef == 0), advantages [B] or [B,T],
+    mask [B,T] bool or float weights, entropy [B,T] (statistics only). units: loss_units of the whole batch
+    this slice belongs to (None: the slice's own). Returns (loss, stats), stats detached 0-dim tensors,
+    token means over the mask whatever agg is: clip_frac_low / clip_frac_high (tokens whose gradient the
+    lower / upper bound changes: zeroed by ppo_clip and gspo, capped by cispo) and clip_frac, ratio_mean,
+    pg_loss and kl_loss (the parts of the loss), kl_mean, entropy_mean (when ref_logp / entropy are given).
     """
-    _check("loss", cfg.loss, POLICY_LOSSES)
-    _check("kl_estimator", cfg.kl_estimator, KL_ESTIMATORS)
-    _check("agg", cfg.agg, AGGREGATORS)
+    for name, table in [("loss", POLICY_LOSSES), ("kl_estimator", KL_ESTIMATORS), ("agg", AGGREGATORS)]:
+        if getattr(cfg, name) not in table:
+            raise ValueError(f"policy_loss: unknown {name} {getattr(cfg, name)!r}; choose one of {sorted(table)}")
     if logp.dim() != 2:
         raise ValueError(f"policy_loss: logp must be [B,T], got {tuple(logp.shape)}")
     for name, t in [("old_logp", old_logp), ("ref_logp", ref_logp), ("mask", mask), ("entropy", entropy)]:
@@ -228,23 +198,18 @@ def policy_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advanta
         raise ValueError(f"policy_loss: need 0 <= clip_low < 1 and clip_high >= 0, got {cfg.clip_low}, {cfg.clip_high}")
 
     # old and ref log-probs are constants of the update, whatever the caller passes
-    old_logp = old_logp.detach()
-    ref_logp = None if ref_logp is None else ref_logp.detach()
-    adv = advantages[:, None] if advantages.dim() == 1 else advantages
-    adv = adv.detach().to(logp.dtype)
+    old_logp, ref_logp = old_logp.detach(), None if ref_logp is None else ref_logp.detach()
+    adv = (advantages[:, None] if advantages.dim() == 1 else advantages).detach().to(logp.dtype)
     m = mask.to(logp.dtype)
     aggregate = AGGREGATORS[cfg.agg]
 
     terms, kl = _token_terms_fn(compiled, logp, old_logp, ref_logp, adv, m, cfg)
     pg_sum, own_units = aggregate(terms.loss, m, cfg.norm_len)
-    units = own_units if units is None else units
-    pg_loss = _safe_div(pg_sum, torch.as_tensor(units, dtype=m.dtype, device=m.device))
-    loss = pg_loss
-    kl_loss = None
-    if kl is not None:
-        kl_loss = _safe_div(aggregate(kl, m, cfg.norm_len)[0], torch.as_tensor(units, dtype=m.dtype, device=m.device))
-        if cfg.kl_coef != 0:
-            loss = loss + cfg.kl_coef * kl_loss
+    units = torch.as_tensor(own_units if units is None else units, dtype=m.dtype, device=m.device)
+    loss = pg_loss = _safe_div(pg_sum, units)
+    kl_loss = None if kl is None else _safe_div(aggregate(kl, m, cfg.norm_len)[0], units)
+    if kl is not None and cfg.kl_coef != 0:
+        loss = loss + cfg.kl_coef * kl_loss
 
     with torch.no_grad():
         def tmean(x: Tensor) -> Tensor:

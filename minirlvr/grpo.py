@@ -25,12 +25,12 @@ import torch
 
 from kernels import AGGREGATORS, KL_ESTIMATORS, POLICY_LOSSES, LossConfig, loss_units, policy_loss
 from minirlvr import algos, dist
-from minirlvr.checkpoint import load_optimizer, read_state, restore_rng, save_checkpoint
-from minirlvr.config import ConfigError, resume_config, save_config
+from minirlvr.checkpoint import restore_training, save_checkpoint, save_due, start_training
+from minirlvr.config import ConfigError
 from minirlvr.data import read_many, row_batch
 from minirlvr.metrics import MetricsLog, Progress
 from minirlvr.model import Transformer
-from minirlvr.optim import apply_update, autocast, check_finite, lr_at, make_adamw, pick_device, set_lr
+from minirlvr.optim import apply_update, autocast, check_finite, lr_at, make_adamw, set_lr
 from minirlvr.rewards import load_reward
 from minirlvr.rollout import Rollout, response_logprobs, rollout
 from minirlvr.sampler import Batch
@@ -79,31 +79,25 @@ class GRPOConfig:
     device: str = "auto"
     resume: str = ""
     progress: bool = True
-    min_group_size = 2             # not a field: the group baseline needs two samples (PPO: 1)
+    min_group_size = 2             # not a field: a group baseline needs two samples (PPO: 1)
 
     def validate(self):
         """Every bad value fails here, naming its key, before any model is loaded."""
-        def need(ok: bool, key: str, what: str):
+        tables = dict(advantage=algos.ADVANTAGES, loss=POLICY_LOSSES, agg=AGGREGATORS, kl_estimator=KL_ESTIMATORS)
+        at_least_1 = ("prompts_per_step", "mu", "minibatches", "steps", "max_new_tokens")
+        for key, ok, what in [(k, getattr(self, k) in t, f"must be one of {sorted(t)}") for k, t in tables.items()] + [
+                (k, getattr(self, k) >= 1, "must be >= 1") for k in at_least_1] + [
+                ("init", self.init or self.resume, "(an HF model directory) is required"),
+                ("data", self.data or self.resume, "must list at least one prompt JSONL file"),
+                ("group_size", self.group_size >= self.min_group_size, f"must be >= {self.min_group_size}"),
+                ("minibatches", self.minibatches <= self.prompts_per_step * self.group_size, "must not exceed the rows"),
+                ("micro_batch_size", self.micro_batch_size >= 0, "must be >= 0 (0: no split)"),
+                ("temperature", self.temperature > 0, "must be > 0: RL samples, and scores log-probs, at it"),
+                ("top_k", self.top_k >= 0, "must be >= 0"), ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
+                ("clip_low", 0 <= self.clip_low < 1, "must be in [0, 1)"), ("clip_high", self.clip_high >= 0, ">= 0"),
+                ("kl_coef", self.kl_coef >= 0, "must be >= 0")]:
             if not ok:
                 raise ConfigError(f"config: {key!r} {what}, got {getattr(self, key)!r}")
-        need(bool(self.init or self.resume), "init", "(an HF model directory) is required")
-        need(bool(self.data or self.resume), "data", "must list at least one prompt JSONL file")
-        for key, table in [("advantage", algos.ADVANTAGES), ("loss", POLICY_LOSSES), ("agg", AGGREGATORS),
-                           ("kl_estimator", KL_ESTIMATORS)]:
-            need(getattr(self, key) in table, key, f"must be one of {sorted(table)}")
-        need(self.group_size >= self.min_group_size, "group_size",
-             f"must be >= {self.min_group_size} (advantages compare the samples of a group)")
-        for key in ("prompts_per_step", "mu", "minibatches", "max_new_tokens", "steps"):
-            need(getattr(self, key) >= 1, key, "must be >= 1")
-        need(self.minibatches <= self.prompts_per_step * self.group_size, "minibatches",
-             "must not exceed prompts_per_step * group_size (rows per step)")
-        need(self.micro_batch_size >= 0, "micro_batch_size", "must be >= 0 (0: no split)")
-        need(self.temperature > 0, "temperature", "must be > 0: RL samples, and scores log-probs, at it")
-        need(self.top_k >= 0, "top_k", "must be >= 0 (0: off)")
-        need(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
-        need(0 <= self.clip_low < 1, "clip_low", "must be in [0, 1)")
-        need(self.clip_high >= 0, "clip_high", "must be >= 0")
-        need(self.kl_coef >= 0, "kl_coef", "must be >= 0")
         try:
             load_reward(self.reward)
         except ValueError as e:
@@ -117,47 +111,33 @@ class GRPOConfig:
 
 @dataclass
 class Run:
-    """What a training run holds besides its config."""
+    """What a training run holds besides its config; `state` is the resumed checkpoint's (or None)."""
     device: torch.device
     tok: Tokenizer
     policy: Transformer
     ref: Transformer | None
     opt: torch.optim.Optimizer
     records: list[dict]
-    state: dict | None          # the resumed checkpoint's trainer_state.json
-    start: int                  # first step to run
+    state: dict | None
+    start: int
     log: MetricsLog
     bar: Progress
 
 
 def start_run(cfg: GRPOConfig, stage: str) -> Run:
     """Models, optimiser and data; on --resume the checkpoint's config, optimiser, RNG and step."""
-    rank, world, dev = dist.init()
-    device = pick_device(str(dev) if dev else cfg.device)
-    if cfg.prompts_per_step % world:
-        raise ConfigError(f"config: 'prompts_per_step' {cfg.prompts_per_step} must divide by {world} processes")
-    torch.manual_seed(cfg.seed)
-    state = None
-    if cfg.resume:
-        state = read_state(Path(cfg.resume))
-        resume_config(cfg, state["config"], str(Path(cfg.resume) / "trainer_state.json"), stage)
-    if rank == 0:
-        Path(cfg.out).mkdir(parents=True, exist_ok=True)
-        save_config(cfg, Path(cfg.out) / "config.json")
+    device, state = start_training(cfg, stage)
+    if cfg.prompts_per_step % dist.world_size():
+        raise ConfigError(f"config: 'prompts_per_step' {cfg.prompts_per_step} must divide by the processes")
     src = cfg.resume or cfg.init
     tok, policy = Tokenizer.from_pretrained(src), Transformer.from_pretrained(src, device=device)
-    ref = None
-    if cfg.kl_coef > 0:
-        ref = Transformer.from_pretrained(cfg.ref or cfg.init, device=device).eval().requires_grad_(False)
+    ref = Transformer.from_pretrained(cfg.ref or cfg.init, device=device).eval().requires_grad_(False) \
+        if cfg.kl_coef > 0 else None
     opt = make_adamw(policy.parameters(), cfg.lr, cfg.weight_decay)
-    start = 0
-    if state is not None:
-        load_optimizer(opt, Path(cfg.resume) / "optimizer.safetensors", state["param_groups"])
-        restore_rng(Path(cfg.resume), state)
-        start = state["step"]
-    log = MetricsLog(Path(cfg.out) / "metrics.jsonl", resume_step=start if cfg.resume else None, enabled=rank == 0)
+    start, rank0 = restore_training(cfg.resume, state, opt), dist.rank() == 0
+    log = MetricsLog(Path(cfg.out) / "metrics.jsonl", resume_step=start if cfg.resume else None, enabled=rank0)
     return Run(device, tok, policy, ref, opt, read_many(cfg.data), state, start, log,
-               Progress(cfg.steps, start, enabled=cfg.progress and rank == 0, every=1))
+               Progress(cfg.steps, start, enabled=cfg.progress and rank0, every=1))
 
 
 def step_rollout(run: Run, cfg: GRPOConfig, step: int) -> Rollout:
@@ -179,8 +159,7 @@ def loss_config(cfg: GRPOConfig, kl_coef: float) -> LossConfig:
 def train_grpo(cfg: GRPOConfig) -> Path:
     run = start_run(cfg, "grpo")
     policy, ref, opt, device = run.policy, run.ref, run.opt, run.device
-    # The KL goes either into the loss or, with kl_in_reward, into the reward (then not into the loss).
-    lcfg = loss_config(cfg, 0.0 if cfg.kl_in_reward else cfg.kl_coef)
+    lcfg = loss_config(cfg, 0.0 if cfg.kl_in_reward else cfg.kl_coef)  # the KL: in the loss or in the reward
     # One on-policy update needs no separate "old" forward: old = logp.detach() of the update's own forward.
     on_policy = not cfg.kl_in_reward and cfg.mu == 1 and cfg.minibatches == 1
 
@@ -215,19 +194,17 @@ def train_grpo(cfg: GRPOConfig) -> Path:
                 stats.append(policy_step(policy, opt, batch, rows, old_logp, ref_logp, advantages, loss_mask, cfg,
                                          lcfg, step, on_policy))
         t_up = time.time() - t0 - t_gen - t_lp
-
-        row = step_metrics(step, ro, old_logp, ref_logp, stats, time.time() - t0, t_gen, t_lp, t_up)
-        finish_step(run, cfg, step, row, "grpo")
+        finish_step(run, cfg, step, ro, old_logp, ref_logp, stats, (time.time() - t0, t_gen, t_lp, t_up), "grpo")
     return Path(cfg.out) / "model"
 
 
 def frozen_logprobs(model: Transformer, batch: Batch, cfg: GRPOConfig) -> Tensor:
-    """response_logprobs [R, T] of a model that is not being trained (call under no_grad)."""
     return by_micro_batch(lambda rows: response_logprobs(model, batch, cfg.temperature, rows), batch, cfg)
 
 
 def by_micro_batch(fn, batch: Batch, cfg: GRPOConfig) -> Tensor:
-    """fn(rows) [r, ...] over micro-batches of the batch's rows, concatenated: a pass within the memory budget."""
+    """fn(rows) [r, ...] over micro-batches of the batch's rows, concatenated: a no-grad pass (a model that is
+    not being trained) within the memory budget."""
     return torch.cat([fn(rows) for rows in micro_batches(torch.arange(len(batch.ids), device=batch.ids.device),
                                                          cfg.micro_batch_size)])
 
@@ -283,27 +260,22 @@ def global_minibatches(local_rows: int, n: int, seed: int) -> list[Tensor]:
 
 # ------------------------------------------------------------------------------------- logging
 
-def step_metrics(step: int, ro: Rollout, old_logp: Tensor, ref_logp: Tensor | None, stats: list[dict],
-                 dt: float, t_gen: float, t_lp: float, t_up: float) -> dict:
-    """One metrics.jsonl row: rollout numbers over all ranks, update statistics averaged over optimiser steps."""
-    mask = ro.batch.response_mask
-    R = len(ro.rewards) * dist.world_size()
-    sums = dist.all_sum(torch.stack([mask.sum(), ro.rewards.float().sum(), ro.correct.float().sum(),
-                                     ((old_logp - ref_logp) * mask).sum() if ref_logp is not None else mask.sum()]))
-    n_tok, reward_sum, correct_sum, kl_sum = sums.tolist()
+def finish_step(run: Run, cfg: GRPOConfig, step: int, ro: Rollout, old_logp: Tensor, ref_logp: Tensor | None,
+                stats: list[dict], times: tuple[float, float, float, float], stage: str, **critic) -> None:
+    """Log the step (rollout numbers over all ranks, update statistics averaged over optimiser steps), and
+    save a checkpoint every save_every steps and at the end (rank 0)."""
+    mask, R = ro.batch.response_mask, len(ro.rewards) * dist.world_size()
+    kl = ((old_logp - ref_logp) * mask).sum() if ref_logp is not None else mask.sum()
+    n_tok, reward_sum, correct_sum, kl_sum = dist.all_sum(torch.stack(
+        [mask.sum(), ro.rewards.float().sum(), ro.correct.float().sum(), kl])).tolist()
+    dt, t_gen, t_lp, t_up = times
     row = {"step": step, "reward_mean": reward_sum / R,
-           "reward_std": float(dist.all_gather(ro.rewards).std()) if R > 1 else 0.0,
-           "accuracy": correct_sum / R, "kl": kl_sum / n_tok if ref_logp is not None else 0.0,
-           "response_len": n_tok / R}
-    row.update({k: sum(s[k] for s in stats) / len(stats) for k in stats[0]})
-    row.update(tokens_per_s=n_tok / dt, time_generate=t_gen, time_logprob=t_lp, time_update=t_up, time_s=dt)
-    return row
-
-
-def finish_step(run: Run, cfg: GRPOConfig, step: int, row: dict, stage: str, **critic) -> None:
-    """Log the step, and save a checkpoint every save_every steps and at the end (rank 0)."""
+           "reward_std": float(dist.all_gather(ro.rewards).std()) if R > 1 else 0.0, "accuracy": correct_sum / R,
+           "kl": kl_sum / n_tok if ref_logp is not None else 0.0, "response_len": n_tok / R,
+           **{k: sum(s[k] for s in stats) / len(stats) for k in stats[0]},
+           "tokens_per_s": n_tok / dt, "time_generate": t_gen, "time_logprob": t_lp, "time_update": t_up, "time_s": dt}
     run.log.write(row)
     run.bar.update(step, reward=row["reward_mean"], acc=row["accuracy"], kl=row["kl"])
-    if dist.rank() == 0 and (step + 1 == cfg.steps or (cfg.save_every and (step + 1) % cfg.save_every == 0)):
+    if save_due(cfg, step):
         save_checkpoint(Path(cfg.out), run.policy, run.opt, step + 1, {"stage": stage, **dataclasses.asdict(cfg)},
                         run.tok, **critic)

@@ -13,13 +13,12 @@ Architecture (identical for both families):
 Module and parameter names mirror Hugging Face's (`model.layers.0.self_attn.q_proj.weight` ...), so a
 state dict maps 1:1 onto a checkpoint directory and back, with no renaming table to read.
 
-One forward pass serves training, evaluation and decoding. It takes optional per-row positions (needed
-for left-padded batches: a row's first real token must sit at position 0, whatever padding precedes it),
-a key-validity mask, and a KV cache as an argument (the sampler's), and can return the final hidden
-states instead of logits (the chunked log-prob kernel multiplies them with the lm_head weight itself, so
-the [B, T, V] logits never exist at once). Attention gets a boolean mask only when some key is padding;
-otherwise it runs plain causal, which lets CUDA use its fused attention kernels. How the linear layers
-compute is the sampler's business on CPU (sampler.fast_linears), not a second copy of this model.
+One forward serves training, evaluation and decoding: optional per-row positions (a left-padded row's first
+real token sits at position 0), a key-validity mask, a KV cache as an argument (the sampler's), and the
+final hidden states instead of logits on request (the chunked log-prob kernel multiplies them with lm_head
+itself, so [B, T, V] logits never exist). Attention gets a boolean mask only when some key is padding, else
+it runs plain causal (CUDA's fused kernels). On CPU the sampler swaps how the linear layers compute
+(sampler.fast_linears); there is no second copy of this model.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minirlvr.hf_io import CheckpointError, read_json, atomic_dir, load_safetensors_dir
+from minirlvr.checkpoint import CheckpointError, atomic_dir, load_safetensors_dir, read_json
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 
@@ -131,11 +130,11 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 and cast back before the scale, exactly as HF does (matters in bf16).
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        # Normalise in fp32 and cast back before the scale, exactly as HF does (matters in bf16). In fp32,
+        # F.rms_norm computes the same bits as x * rsqrt(mean(x^2) + eps) * weight, in one kernel.
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), None, self.eps).to(x.dtype)
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
@@ -169,7 +168,7 @@ class KVCache:
         self.key_mask = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
         self.length = 0
         self.max_len = max_len
-        self.padded = False
+        self.padded = False  # does any filled slot hold padding? (known without a host sync per decoded token)
 
     @classmethod
     def for_model(cls, model: "Transformer", batch: int, max_len: int) -> "KVCache":
@@ -181,16 +180,6 @@ class KVCache:
         self.k = [k.index_select(0, index) for k in self.k]
         self.v = [v.index_select(0, index) for v in self.v]
         self.key_mask = self.key_mask.index_select(0, index)
-
-    def add_keys(self, key_mask: torch.Tensor | None, T: int) -> None:
-        """Mark the next T slots real (key_mask [B, T]: False at padding; None: all real)."""
-        if self.length + T > self.max_len:
-            raise ValueError(f"KV cache overflow: {self.length} + {T} tokens > max_len {self.max_len}")
-        if key_mask is None:
-            self.key_mask[:, self.length:self.length + T] = True
-        else:
-            self.key_mask[:, self.length:self.length + T] = key_mask
-            self.padded = self.padded or not bool(key_mask.all())
 
 
 class Attention(nn.Module):
@@ -270,16 +259,15 @@ def build_mask(key_mask: torch.Tensor, start: int, T: int) -> torch.Tensor:
 
 def attention_mask(key_mask: torch.Tensor | None, cache: KVCache | None, T: int) -> torch.Tensor | None:
     """The boolean mask for T new queries, or None when causal attention is exact (no key is padding, and the
-    queries either start the sequence or are a single decoding step). Records key_mask in the cache."""
+    queries start the sequence or are one decoding step). Records key_mask [B, T] in the cache."""
     if cache is None:
-        if key_mask is None or bool(key_mask.all()):
-            return None
-        return build_mask(key_mask, 0, T)
+        return None if key_mask is None or bool(key_mask.all()) else build_mask(key_mask, 0, T)
     start = cache.length
-    cache.add_keys(key_mask, T)
-    if not cache.padded and (start == 0 or T == 1):
-        return None
-    return build_mask(cache.key_mask[:, :start + T], start, T)
+    if start + T > cache.max_len:
+        raise ValueError(f"KV cache overflow: {start} + {T} tokens > max_len {cache.max_len}")
+    cache.key_mask[:, start:start + T] = True if key_mask is None else key_mask
+    cache.padded = cache.padded or (key_mask is not None and not bool(key_mask.all()))
+    return None if not cache.padded and (start == 0 or T == 1) else build_mask(cache.key_mask[:, :start + T], start, T)
 
 
 # ----------------------------------------------------------------------------------------------------

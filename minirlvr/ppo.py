@@ -7,9 +7,8 @@ What PPO adds, all in this file:
     value loss    PPO2's clipped value loss, one critic optimiser step per policy step
 
 Choice: a separate critic initialised from the policy (as in InstructGPT and verl), not a value head on the
-policy's own trunk. It costs a second forward/backward, but the value loss never pulls on the policy's
-weights, so "how far did the policy move from the reference" stays a question about the policy loss and
-the KL term alone -- which is exactly what the safety-drift experiments measure.
+policy's trunk: a second forward/backward, but the value loss never pulls on the policy's weights, so how far
+the policy moves from the reference stays a question of the policy loss and the KL alone (the drift studied).
 """
 
 from __future__ import annotations
@@ -21,14 +20,14 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from minirlvr import dist
-from minirlvr.checkpoint import load_optimizer
+from minirlvr.checkpoint import load_optimizer, read_tensors
 from minirlvr.config import ConfigError
 from minirlvr.grpo import (GRPOConfig, by_micro_batch, finish_step, frozen_logprobs, global_minibatches, loss_config,
-                           micro_batches, policy_step, start_run, step_metrics, step_rollout)
-from minirlvr.model import CheckpointError, Transformer
+                           micro_batches, policy_step, start_run, step_rollout)
+from minirlvr.model import Transformer
 from minirlvr.optim import apply_update, autocast, check_finite, lr_at, make_adamw, set_lr
 from minirlvr.sampler import Batch
 
@@ -49,8 +48,7 @@ class PPOConfig(GRPOConfig):
         super().validate()
         for key in ("advantage", "filter_zero_variance", "kl_in_reward"):  # GRPO's, meaningless here
             if getattr(self, key) != getattr(GRPOConfig, key):
-                raise ConfigError(f"config: {key!r} has no effect in PPO (the critic gives the advantages, and the "
-                                  "KL is always in the reward); leave it out")
+                raise ConfigError(f"config: {key!r} has no effect in PPO (critic advantages, KL in the reward)")
 
 
 # ------------------------------------------------------------------------------------- the critic
@@ -78,13 +76,7 @@ class Critic(nn.Module):
         critic = cls(Transformer.from_pretrained(path, device=device))
         head = path / "value_head.safetensors"
         if head.is_file():  # absent when initialising from a policy checkpoint
-            try:
-                t = load_file(str(head))
-            except Exception as e:
-                raise CheckpointError(f"{head}: corrupt safetensors ({e})") from None
-            for k in ("weight", "bias"):
-                if k not in t:
-                    raise CheckpointError(f"{head}: tensor {k!r} is missing")
+            t = read_tensors(head, ("weight", "bias"))
             critic.value_head.load_state_dict({k: t[k] for k in ("weight", "bias")})
         return critic.to(device) if device is not None else critic
 
@@ -205,9 +197,8 @@ def train_ppo(cfg: PPOConfig) -> Path:
                 s["value_loss"] = critic_step(critic, critic_opt, batch, rows, old_values, returns, mask, cfg, step)
                 stats.append(s)
         t_up = time.time() - t0 - t_gen - t_lp
-
-        row = step_metrics(step, ro, old_logp, ref_logp, stats, time.time() - t0, t_gen, t_lp, t_up)
-        finish_step(run, cfg, step, row, "ppo", critic=critic, critic_opt=critic_opt)
+        finish_step(run, cfg, step, ro, old_logp, ref_logp, stats, (time.time() - t0, t_gen, t_lp, t_up), "ppo",
+                    critic=critic, critic_opt=critic_opt)
     return Path(cfg.out) / "model"
 
 

@@ -1,13 +1,12 @@
 """Verifiable rewards: what a response to a prompt record is worth.
 
-The task reward comes from the record itself, never from how the model was trained. By default the record
-picks an entry of the REWARDS table:
+The task reward comes from the record itself, never from how the model was trained:
     record has "answer"  -> math: verify_math (1 if the last '#### N' / \\boxed{N} equals the answer)
     record has "tests"   -> code: share of hidden tests passed in the sandbox
     record has "kind"    -> a request (safety RL, paper 2): harmful -> (5 - judge score) / 4 on thinking+answer;
                             benign -> 1 unless the answer refuses (so refusing everything is not a free win)
-`--reward NAME` forces a table entry for every record, and `--reward package.module:function` plugs in any
-`(record: dict, response: str) -> float` (called from worker threads: keep it free of shared state).
+`--reward package.module:function` plugs in any `(record: dict, response: str) -> float` instead (called from
+worker threads: keep it free of shared state).
 Optional shaping, each with its own weight in the RL config: a format reward (a final '#### N' line for math,
 a fenced block for code, a closed <think>...</think> for reasoning models).
 """
@@ -39,58 +38,34 @@ def gold_answer(rec: dict):
     return answer
 
 
-def math_reward(rec: dict, response: str) -> float:
-    from minirlvr.verifier import verify_math
-    return verify_math(response, gold_answer(rec))
-
-
-def code_reward(rec: dict, response: str) -> float:
-    from minirlvr.verifier import extract_code, run_code
-    code = extract_code(response)
-    return run_code(code, rec["tests"]).pass_rate if code else 0.0
-
-
-def request_reward(rec: dict, response: str) -> float:
-    from minirlvr.judge import judge_reasoning
-    j = judge_reasoning(rec.get("prompt", ""), response, rec.get("topic"))
-    if rec["kind"] == "harmful":
-        return (5 - j.full.score) / 4
-    return 0.0 if j.answer.refused else 1.0
-
-
-REWARDS: dict[str, RewardFn] = {"math": math_reward, "code": code_reward, "request": request_reward}
-
-
-def record_kind(rec: dict) -> str:
-    """Which REWARDS entry a record asks for."""
+def task_reward(rec: dict, response: str) -> float:
+    if "answer" in rec and rec["answer"] is not None and "tests" not in rec:
+        from minirlvr.verifier import verify_math
+        return verify_math(response, gold_answer(rec))
     if "tests" in rec:
-        return "code"
-    if rec.get("answer") is not None:
-        return "math"
+        from minirlvr.verifier import extract_code, run_code
+        code = extract_code(response)
+        return run_code(code, rec["tests"]).pass_rate if code else 0.0
     if rec.get("kind") in ("harmful", "benign"):
-        return "request"
+        from minirlvr.judge import judge_reasoning
+        j = judge_reasoning(rec.get("prompt", ""), response, rec.get("topic"))
+        if rec["kind"] == "harmful":
+            return (5 - j.full.score) / 4
+        return 0.0 if j.answer.refused else 1.0
     raise ValueError(f"{rec.get('_where', 'record')}: cannot tell how to reward it (needs 'answer', 'tests' or 'kind')")
 
 
-def task_reward(rec: dict, response: str) -> float:
-    return REWARDS[record_kind(rec)](rec, response)
-
-
 def load_reward(spec: str) -> RewardFn:
-    """'' -> by record (task_reward); a REWARDS key; or 'package.module:function'. ValueError names the spec."""
+    """'' -> task_reward; 'package.module:function' -> that function. ValueError names what is wrong."""
     if not spec:
         return task_reward
-    if spec in REWARDS:
-        return REWARDS[spec]
     module, _, name = spec.partition(":")
-    if not module or not name:
-        raise ValueError(f"reward {spec!r}: expected one of {sorted(REWARDS)} or 'package.module:function'")
     try:
-        fn = getattr(importlib.import_module(module), name)
+        fn = getattr(importlib.import_module(module), name) if module and name else None
     except (ImportError, AttributeError) as e:
         raise ValueError(f"reward {spec!r}: cannot load it ({type(e).__name__}: {e})") from None
     if not callable(fn):
-        raise ValueError(f"reward {spec!r}: {name} is not a function")
+        raise ValueError(f"reward {spec!r}: expected 'package.module:function' naming a function")
     return fn
 
 

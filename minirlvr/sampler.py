@@ -27,10 +27,8 @@ Randomness comes only from a torch.Generator seeded with `seed` on the model's d
 the same call gives the same output. The stream is consumed per step for the whole batch, so a row's samples
 depend on the whole call (which rows it shares a batch with, and when they stop).
 
-Speed. Rollouts dominate RL time. Decoding runs the model's own forward; on CPU its linear layers compute
-through oneDNN with weights prepacked for the batch size while generate runs (fast_linears, USE_ONEDNN):
-nn.Linear's MKL GEMM is slow at the small matmuls of decoding. bench/sampler.py compares with transformers'
-generate and with this machine's limits.
+Speed: decoding runs the model's own forward; on CPU its linear layers compute through oneDNN with weights
+prepacked for the batch while generate runs (fast_linears). bench/sampler.py compares with transformers.
 """
 
 from __future__ import annotations
@@ -200,16 +198,13 @@ def _check_args(model, prompts, max_new_tokens, temperature, top_k, top_p, num_s
             raise ValueError(f"generate: prompts[{i}] is empty; a prompt needs at least one token")
         if min(p) < 0 or max(p) >= V:
             raise ValueError(f"generate: prompts[{i}] has a token id outside [0, {V})")
-    if max_new_tokens < 0:
-        raise ValueError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens}")
-    if temperature < 0:
-        raise ValueError(f"generate: temperature must be >= 0, got {temperature}")
-    if top_k < 0:
-        raise ValueError(f"generate: top_k must be >= 0 (0 disables), got {top_k}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"generate: top_p must be in (0, 1], got {top_p}")
-    if num_samples < 1:
-        raise ValueError(f"generate: num_samples must be >= 1, got {num_samples}")
+    for name, value, ok, rule in [("max_new_tokens", max_new_tokens, max_new_tokens >= 0, ">= 0"),
+                                  ("temperature", temperature, temperature >= 0, ">= 0"),
+                                  ("top_k", top_k, top_k >= 0, ">= 0 (0 disables)"),
+                                  ("top_p", top_p, 0.0 < top_p <= 1.0, "in (0, 1]"),
+                                  ("num_samples", num_samples, num_samples >= 1, ">= 1")]:
+        if not ok:
+            raise ValueError(f"generate: {name} must be {rule}, got {value}")
 
 
 @torch.inference_mode()

@@ -33,7 +33,7 @@ def test_cli_errors_name_the_key(argv, pattern):
 
 
 @pytest.mark.parametrize("argv, pattern", [
-    (["--group_size", "1"], r"'group_size' must be >= 2 .*got 1"),
+    (["--group_size", "1"], r"'group_size' must be >= 2, got 1"),
     (["--temperature", "0"], r"'temperature' must be > 0.*got 0.0"),
     (["--loss", "ppo"], r"'loss' must be one of \['cispo', 'gspo', 'ppo_clip'\]"),
     (["--kl_estimator", "k4"], r"'kl_estimator' must be one of \['k1', 'k2', 'k3'\]"),
@@ -41,7 +41,7 @@ def test_cli_errors_name_the_key(argv, pattern):
     (["--top_p", "0"], r"'top_p' must be in \(0, 1\]"),
     (["--minibatches", "100", "--prompts_per_step", "2", "--group_size", "4"], r"'minibatches' must not exceed"),
     (["--micro_batch_size", "-1"], r"'micro_batch_size' must be >= 0"),
-    (["--reward", "nowhere"], r"key 'reward': reward 'nowhere': expected one of \['code', 'math', 'request'\]"),
+    (["--reward", "nowhere"], r"key 'reward': reward 'nowhere': expected 'package.module:function'"),
     (["--reward", "no_such_module:fn"], r"key 'reward': .*cannot load it \(ModuleNotFoundError"),
 ])
 def test_bad_rl_values_fail_before_anything_runs(argv, pattern):

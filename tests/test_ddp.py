@@ -52,6 +52,15 @@ def base(tmp_path_factory):
     return d, args
 
 
+@pytest.fixture(scope="module")
+def init(base):
+    """The 1-process pretrained model of test_pretrain_two_processes_equal_one (made here if it did not run)."""
+    d, args = base
+    if not (d / "one" / "model").exists():
+        run(1, "pretrain", args + ["--out", str(d / "one")], d)
+    return d / "one" / "model"
+
+
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 def test_pretrain_two_processes_equal_one(base):
     d, args = base
@@ -73,11 +82,8 @@ RL_ARGS = ["--steps", "2", "--prompts_per_step", "4", "--group_size", "4", "--ma
     ("grpo", ["--reward", "test_train:a_share_but_cat", "--filter_zero_variance", "true", "--agg", "seq_mean_token_mean"]),
     ("ppo", ["--reward", "test_train:a_share"]),  # B4: advantages whitened over both ranks, not per rank
 ])
-def test_rl_two_processes_equal_one(base, algo, extra):
+def test_rl_two_processes_equal_one(base, init, algo, extra):
     d, _ = base
-    init = d / "one" / "model"
-    if not init.exists():
-        pytest.skip("needs the pretrain test's model")
     args = [algo, "--init", str(init), "--data", str(d / "prompts.jsonl"), *RL_ARGS, *extra]
     run(1, args[0], args[1:] + ["--out", str(d / f"{algo}1")], d)
     # the two processes also split each minibatch into micro-batches of 3 rows: the same update
@@ -90,7 +96,7 @@ def test_rl_two_processes_equal_one(base, algo, extra):
         assert (v - start[k]).abs().max() > 1e-2, k  # every tensor moved far more than the tolerance
 
 
-def test_collectives_get_tensors_on_the_training_device(base, monkeypatch, tmp_path):
+def test_collectives_get_tensors_on_the_training_device(base, init, monkeypatch, tmp_path):
     """B1: NCCL reduces only GPU tensors, so a collective on torch.tensor(a Python number) (a CPU tensor)
     crashes multi-GPU runs. In a fake two-rank world, every tensor reaching a collective must come from the
     batch's own (device) tensors: none may be built by torch.tensor() without a device."""
@@ -120,9 +126,6 @@ def test_collectives_get_tensors_on_the_training_device(base, monkeypatch, tmp_p
     monkeypatch.setattr(dist, "all_sum", spy_all_sum)
     monkeypatch.setattr(torch.distributed, "all_reduce", lambda t, *a, **k: None)
     monkeypatch.setattr(torch.distributed, "all_gather", lambda out, t: [o.copy_(t) for o in out])
-    init = d / "one" / "model"
-    if not init.exists():
-        pytest.skip("needs the pretrain test's model")
     rl = ["--init", str(init), "--data", str(d / "prompts.jsonl"), *RL_ARGS, "--steps", "1",
           "--reward", "test_train:a_share", "--out", str(tmp_path / "rl")]
     G.train_grpo(load_config(G.GRPOConfig, rl))

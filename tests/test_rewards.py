@@ -9,11 +9,10 @@ from minirlvr import rewards
 from minirlvr.rewards import load_reward, score, score_all
 
 
-def test_the_record_picks_the_reward_and_a_name_forces_one():
+def test_the_record_picks_the_reward():
     math = {"prompt": "1+1?", "answer": "2"}
     assert score(math, "so #### 2").task == 1.0 and score(math, "#### 3").task == 0.0
-    assert load_reward("") is rewards.task_reward and load_reward("math") is rewards.math_reward
-    assert score(math, "#### 2", reward=load_reward("math")).correct
+    assert load_reward("") is rewards.task_reward
     with pytest.raises(ValueError, match="cannot tell how to reward"):
         rewards.task_reward({"prompt": "?"}, "x")
 
@@ -28,7 +27,7 @@ def test_module_function_plugin():
     r = score({"prompt": "p"}, "LOUD", format_weight=0.0, reward=fn)
     assert (r.total, r.task, r.correct) == (1.0, 1.0, True)
     for spec, msg in [("test_rewards:nope", "cannot load it"), ("no.such.module:f", "cannot load it"),
-                      ("test_rewards", "expected one of"), ("test_rewards:pytest", "not a function")]:
+                      ("test_rewards", "naming a function"), ("test_rewards:pytest", "naming a function")]:
         with pytest.raises(ValueError, match=msg):
             load_reward(spec)
 
