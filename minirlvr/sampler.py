@@ -154,34 +154,43 @@ def _onednn_packs(dtype: torch.dtype) -> bool:
 
 
 class PackedLinear:
-    """What an nn.Linear computes, x @ W.T + b, through oneDNN with W prepacked for `batch` rows."""
+    """What sibling nn.Linear layers (reading the same input) compute, x @ W_i.T + b_i for each, as one oneDNN
+    matmul on [W_1; W_2; ...] prepacked for `batch` rows: a tuple of outputs, or the output of a single layer."""
 
-    def __init__(self, linear: nn.Linear, batch: int):
-        w = linear.weight.detach()
+    def __init__(self, linears: list[nn.Linear], batch: int):
+        w = torch.cat([m.weight.detach() for m in linears])
         self.weight = torch.ops.mkldnn._reorder_linear_weight(w, batch) if batch > 1 else w.contiguous()
-        self.bias = None if linear.bias is None else linear.bias.detach()
+        self.bias = None if linears[0].bias is None else torch.cat([m.bias.detach() for m in linears])
+        self.sizes = [m.out_features for m in linears]
 
-    def __call__(self, x: Tensor) -> Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+    def __call__(self, x: Tensor) -> Tensor | tuple[Tensor, ...]:
+        y = torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return y.split(self.sizes, dim=-1) if len(self.sizes) > 1 else y
 
 
 @contextlib.contextmanager
 def fast_linears(model: Transformer, batch: int):
-    """While inside: on CPU, every nn.Linear of `model` computes as a PackedLinear (USE_ONEDNN; elsewhere, or
-    with dtypes oneDNN cannot pack here, nothing changes). The packed copies of the weights live until exit;
-    the weights change between calls during training, so they are not kept."""
+    """While inside, on CPU: the model's linear layers compute as PackedLinear, q|k|v and gate|up fused into
+    one matmul each (Attention.qkv, MLP.gate_up; decoding at small batch is per-op overhead and weight
+    streaming). USE_ONEDNN False, other devices, or dtypes oneDNN cannot pack here: nothing changes. The packed
+    weights are copies, made per call (training changes the weights between calls)."""
     w = model.lm_head.weight
     if not (USE_ONEDNN and w.device.type == "cpu" and _onednn_packs(w.dtype)):
         yield
         return
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    for m in linears:
-        m.forward = PackedLinear(m, batch)  # an instance attribute: found before nn.Linear.forward
+    swapped = []
+    for layer in model.model.layers:
+        a, m = layer.self_attn, layer.mlp
+        swapped += [(a, "qkv", [a.q_proj, a.k_proj, a.v_proj]), (m, "gate_up", [m.gate_proj, m.up_proj]),
+                    (a.o_proj, "forward", [a.o_proj]), (m.down_proj, "forward", [m.down_proj])]
+    swapped.append((model.lm_head, "forward", [model.lm_head]))
+    for module, name, linears in swapped:
+        setattr(module, name, PackedLinear(linears, batch))  # an instance attribute: found before the method
     try:
         yield
     finally:
-        for m in linears:
-            del m.forward
+        for module, name, _ in swapped:
+            delattr(module, name)
 
 
 # ----------------------------------------------------------------------------------- the loop
