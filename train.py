@@ -13,25 +13,30 @@ The resolved config is saved beside every checkpoint (OUT/model/trainer_state.js
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
 from minirlvr import dist
 from minirlvr.config import ConfigError, load_config
 from minirlvr.data import DataError
-from minirlvr.grpo import GRPOConfig, train_grpo
 from minirlvr.model import CheckpointError
-from minirlvr.ppo import PPOConfig, train_ppo
-from minirlvr.sft import PretrainConfig, SFTConfig, pretrain, sft
 
-STAGES = {"pretrain": (PretrainConfig, pretrain), "sft": (SFTConfig, sft), "grpo": (GRPOConfig, train_grpo),
-          "ppo": (PPOConfig, train_ppo)}
+# stage -> (module, config class, loop); a stage imports only its own module
+STAGES = {"pretrain": ("minirlvr.sft", "PretrainConfig", "pretrain"), "sft": ("minirlvr.sft", "SFTConfig", "sft"),
+          "grpo": ("minirlvr.grpo", "GRPOConfig", "train_grpo"), "ppo": ("minirlvr.ppo", "PPOConfig", "train_ppo")}
+
+
+def stage_parts(stage: str):
+    module, config, loop = STAGES[stage]
+    module = importlib.import_module(module)
+    return getattr(module, config), getattr(module, loop)
 
 
 def run(stage: str, argv: list[str]) -> Path:
     if stage not in STAGES:
         raise ConfigError(f"command line: unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
-    config, train = STAGES[stage]
+    config, train = stage_parts(stage)
     return train(load_config(config, argv))  # the loop saves the resolved config as OUT/config.json
 
 
@@ -39,8 +44,8 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
-        for name, (cls, _) in STAGES.items():
-            print(f"{name}: " + " ".join(f"--{f}" for f in cls.__dataclass_fields__))
+        for name in STAGES:
+            print(f"{name}: " + " ".join(f"--{f}" for f in stage_parts(name)[0].__dataclass_fields__))
         return 0
     try:
         out = run(argv[0], argv[1:])
