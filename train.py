@@ -13,44 +13,39 @@ The resolved config is saved beside every checkpoint (OUT/model/trainer_state.js
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
-from minirlvr.config import ConfigError, load_config, save_config
+from minirlvr import dist
+from minirlvr.config import ConfigError, load_config
 from minirlvr.data import DataError
 from minirlvr.model import CheckpointError
-from minirlvr.rl import RLConfig
-from minirlvr.sft import PretrainConfig, SFTConfig
 
-STAGES = {"pretrain": PretrainConfig, "sft": SFTConfig, "grpo": RLConfig, "ppo": RLConfig}
+# stage -> (module, config class, loop); a stage imports only its own module
+STAGES = {"pretrain": ("minirlvr.sft", "PretrainConfig", "pretrain"), "sft": ("minirlvr.sft", "SFTConfig", "sft"),
+          "grpo": ("minirlvr.grpo", "GRPOConfig", "train_grpo"), "ppo": ("minirlvr.ppo", "PPOConfig", "train_ppo")}
+
+
+def stage_parts(stage: str):
+    module, config, loop = STAGES[stage]
+    module = importlib.import_module(module)
+    return getattr(module, config), getattr(module, loop)
 
 
 def run(stage: str, argv: list[str]) -> Path:
     if stage not in STAGES:
         raise ConfigError(f"command line: unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
-    cfg = load_config(STAGES[stage], argv)
-    if stage == "ppo" and cfg.out == RLConfig.out:
-        cfg.out = "runs/ppo"
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    from minirlvr import dist
-    if dist.rank() == 0:
-        save_config(cfg, Path(cfg.out) / "config.json")
-    if stage == "pretrain":
-        from minirlvr.sft import pretrain
-        return pretrain(cfg)
-    if stage == "sft":
-        from minirlvr.sft import sft
-        return sft(cfg)
-    from minirlvr.rl import train_rl
-    return train_rl(cfg, algo=stage)
+    config, train = stage_parts(stage)
+    return train(load_config(config, argv))  # the loop saves the resolved config as OUT/config.json
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
-        for name, cls in STAGES.items():
-            print(f"{name}: " + " ".join(f"--{f}" for f in cls.__dataclass_fields__))
+        for name in STAGES:
+            print(f"{name}: " + " ".join(f"--{f}" for f in stage_parts(name)[0].__dataclass_fields__))
         return 0
     try:
         out = run(argv[0], argv[1:])
@@ -58,7 +53,6 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
-        from minirlvr import dist
         dist.finish()
     print(out)
     return 0

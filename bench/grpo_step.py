@@ -1,7 +1,7 @@
-"""Benchmark: one GRPO step, our loop (minirlvr.rl.train_rl) vs TRL's GRPOTrainer, same work, same run.
+"""Benchmark: one GRPO step, our loop (minirlvr.grpo.train_grpo) vs TRL's GRPOTrainer, same work, same run.
 
 One configuration, run two ways, each side in its own subprocess (so max RSS is that side's peak memory):
-  ours  train_rl(RLConfig(...), "grpo"), exactly as `python train.py grpo` runs it
+  ours  train_grpo(GRPOConfig(...)), exactly as `python train.py grpo` runs it
   trl   trl.GRPOTrainer on the same HF directory, transformers' generate, fp32, no vLLM
 Both get: the model (fp32), the same prompts in the same order (P per step, TRL's dataset is laid out in the
 order our loop draws rows, and TRL does not shuffle), G samples each, temperature 1 with no top-k/top-p,
@@ -67,7 +67,7 @@ def step_prompts(records: list[dict], cfg: dict) -> list[dict]:
 # ------------------------------------------------------------------------------------------- ours
 
 def run_ours(cfg: dict) -> dict:
-    from minirlvr import metrics, rl, tokenizer
+    from minirlvr import grpo, metrics, tokenizer
     # Equal work: no stop token, every row samples exactly max_new_tokens (TRL's side: min_new_tokens).
     tokenizer.Tokenizer.stop_ids = property(lambda self: [])
     rows, cpu = [], []
@@ -81,11 +81,11 @@ def run_ours(cfg: dict) -> dict:
     metrics.MetricsLog.write = record
     base = rss_mb()
     cpu0 = time.process_time()
-    rl.train_rl(rl.RLConfig(
+    grpo.train_grpo(grpo.GRPOConfig(
         out=tempfile.mkdtemp(prefix="bench_grpo_ours_"), init=cfg["model"], data=[cfg["data"]],
         steps=cfg["warmup"] + cfg["steps"], prompts_per_step=cfg["prompts"], group_size=cfg["group"],
         max_new_tokens=cfg["max_new_tokens"], temperature=1.0, lr=cfg["lr"], mu=cfg["mu"], kl_coef=cfg["beta"],
-        kl_estimator="k3", agg="token_mean", grad_clip=1.0, seed=cfg["seed"], progress=False), algo="grpo")
+        kl_estimator="k3", agg="token_mean", grad_clip=1.0, seed=cfg["seed"], progress=False))
     cpu_steps = [b - a for a, b in zip([cpu0] + cpu[:-1], cpu)]
     R = cfg["prompts"] * cfg["group"]
     return {"base_mb": base, "steps": [

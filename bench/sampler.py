@@ -12,8 +12,7 @@ the tokens are equal, and our tokens/s as a fraction of two limits of this machi
            (bandwidth from a large tensor copy: bytes read + written per second)
   compute  matmul peak / FLOPs per token (peak: the faster of torch.matmul and oneDNN on a large square
            matmul; FLOPs = 2 x matmul weights + attention over the average context)
-Batch 1 is bound by memory, large batches by compute. --compile adds our compiled decode step (compile
-time excluded: a warm-up run compiles).
+Batch 1 is bound by memory, large batches by compute.
 
     .venv/bin/python bench/sampler.py [--model /work/smollm2] [--batches 1,16] [--new-tokens 128] [--threads 1]
 """
@@ -107,8 +106,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    ap.add_argument("--compile", action="store_true", help="also time generate(..., compile=True)")
-    ap.add_argument("--no-onednn", action="store_true", help="our plain path (F.linear), as used on GPU")
+    ap.add_argument("--no-onednn", action="store_true", help="our plain path (nn.Linear), as used on GPU")
     args = ap.parse_args()
     if args.no_onednn:
         sampler.USE_ONEDNN = False
@@ -138,10 +136,8 @@ def main():
 
         runs = {"transformers": run_theirs,
                 "ours": lambda n=N: generate(ours, prompts, max_new_tokens=n).tokens}
-        if args.compile:
-            runs["ours compiled"] = lambda n=N: generate(ours, prompts, max_new_tokens=n, compile=True).tokens
         for fn in runs.values():
-            fn(8)  # warm-up (and compile)
+            fn(8)  # warm-up
         best = {k: float("inf") for k in runs}
         for _ in range(args.repeats):  # alternate, so that load from other processes hits all alike
             for k, fn in runs.items():
@@ -157,10 +153,9 @@ def main():
             first = min((next(t for t in range(N) if x[t] != y[t])
                          for x, y in zip(outs["transformers"], outs[k]) if x != y), default=None)
             eq = f"{equal}/{B}" + ("" if first is None else f" (diff @{first})")
-            label = f"{B:>5}" if k == "ours" else f"{'':>5}"
-            print(f"{label} {tps['transformers']:>12.1f} {tps[k]:>8.1f} {tps[k] / tps['transformers']:>5.2f}x {eq:>13} "
+            print(f"{B:>5} {tps['transformers']:>12.1f} {tps[k]:>8.1f} {tps[k] / tps['transformers']:>5.2f}x {eq:>13} "
                   f"{tps[k] / mem_limit:>6.0%} of {mem_limit:>6.0f}   "
-                  f"{tps[k] / compute_limit:>6.0%} of {compute_limit:>6.0f}" + ("   (compiled)" if k != "ours" else ""))
+                  f"{tps[k] / compute_limit:>6.0%} of {compute_limit:>6.0f}")
     print(f"load average at the end {os.getloadavg()[0]:.1f} (2 cores: above ~0.5, other processes were running)")
 
 

@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minirlvr import Tokenizer, Transformer, generate, theory  # noqa: E402
 from minirlvr.data import chat_prompt_ids, read_jsonl  # noqa: E402
 from minirlvr.judge import judge  # noqa: E402
-from minirlvr.rl import Rollout, build_batch, sequence_logprobs  # noqa: E402
+from minirlvr.rollout import response_logprobs  # noqa: E402
+from minirlvr.sampler import build_batch  # noqa: E402
 
 
 def sample_scored(model, tok, recs, n: int, temperature: float, seed: int, max_new_tokens: int = 96):
@@ -40,11 +41,10 @@ def sample_scored(model, tok, recs, n: int, temperature: float, seed: int, max_n
 
 def seq_logprobs(model, prompts, out, pad: int, temperature: float) -> torch.Tensor:
     """Sum over tokens of log p(y_t | x, y_<t) at the sampling temperature: [R]."""
-    ids, km, pos, Lp, resp, mask = build_batch(prompts, out.prompt_index, out.tokens, pad)
-    ro = Rollout(ids, km, pos, Lp, resp, mask, torch.zeros(len(resp)), torch.zeros(len(resp)), [])
+    batch = build_batch([prompts[i] for i in out.prompt_index], out.tokens, pad)
     with torch.no_grad():
-        lp = sequence_logprobs(model, ro, temperature)
-    return (lp * mask).sum(1).double()
+        lp = response_logprobs(model, batch, temperature)
+    return (lp * batch.response_mask).sum(1).double()
 
 
 def check(policy_dir: str, ref_dir: str, world: str, prompts: int = 40, n: int = 8, temperature: float = 1.0,

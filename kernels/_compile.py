@@ -1,16 +1,12 @@
 """When to use torch.compile, decided once per process and shared by all kernels.
 
-`compiled=None` (the default everywhere) means "compile if it works here": the
-first compiled call that raises (no C++ compiler, unsupported Python, ...)
-prints one warning, flips a process-wide switch, and that call and every later
-one run the eager function instead. No probe compile is paid up front; the
-cost of finding out is at most one failed compile. `compiled=True` lets the
-error propagate (for debugging), `compiled=False` or the environment variable
-MINIRLVR_NO_COMPILE=1 force eager.
-
-The eager and the compiled path run the very same Python function, so they
-compute the same math; only Inductor's fusion (fewer [C,V] temporaries, one
-pass over memory instead of several) differs.
+`compiled=None` (the default everywhere) means "compile if it works here": the first compiled call that fails
+*to compile* (no C++ compiler, unsupported Python, a Dynamo/Inductor error) warns once, flips a process-wide
+switch, and that call and every later one run the eager function instead; no probe compile is paid up front.
+Errors of the computation itself (CUDA out of memory, bad shapes) are not compile failures: they propagate
+and compilation stays on. `compiled=True` lets every error propagate, `compiled=False` or the environment
+variable MINIRLVR_NO_COMPILE=1 force eager. Both paths run the same Python function, so they compute the same
+math; only Inductor's fusion (fewer [C,V] temporaries, one pass over memory instead of several) differs.
 """
 
 import os
@@ -20,6 +16,15 @@ from typing import Callable
 import torch
 
 _compile_broken = False  # set once the first compiled call fails
+
+
+def compile_errors() -> tuple[type[Exception], ...]:
+    """What "compiling does not work here" raises: Dynamo's errors (Inductor's arrive wrapped in
+    BackendCompilerFailed, a TorchDynamoException) and Inductor's own. Not torch.OutOfMemoryError, a plain
+    RuntimeError of the computation. Imported on demand: importing kernels must not import Dynamo."""
+    import torch._dynamo.exc
+    import torch._inductor.exc
+    return torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError
 
 
 def want_compile(compiled: bool | None) -> bool:
@@ -55,21 +60,27 @@ class MaybeCompiled:
         return any(x.dim() > d and x.shape[d] < 2 for d in self.dynamic_dims)
 
     def __call__(self, compiled: bool | None, *args):
-        global _compile_broken
         if not want_compile(compiled) or self._tiny(args[0]):
             return self.fn(*args)
         if self._compiled_fn is None:
-            self._compiled_fn = torch.compile(self.fn, **self.compile_options)
+            try:
+                self._compiled_fn = torch.compile(self.fn, **self.compile_options)
+            except RuntimeError as e:  # e.g. "Dynamo is not supported on Python 3.x": nothing has run yet
+                return self._eager_from_now_on(e, compiled, args)
         for t in args:
             for d in self.dynamic_dims:
                 if isinstance(t, torch.Tensor) and t.dim() > d:
                     torch._dynamo.maybe_mark_dynamic(t, d)
         try:
             return self._compiled_fn(*args)
-        except Exception as e:  # noqa: BLE001 - any compile failure means "not on this machine"
-            if compiled is True:
-                raise
-            _compile_broken = True
-            warnings.warn(f"kernels: torch.compile failed ({type(e).__name__}: {e}); "
-                          "running eager from now on (set MINIRLVR_NO_COMPILE=1 to skip the attempt)")
-            return self.fn(*args)
+        except compile_errors() as e:
+            return self._eager_from_now_on(e, compiled, args)
+
+    def _eager_from_now_on(self, e: Exception, compiled: bool | None, args):
+        global _compile_broken
+        if compiled is True:
+            raise e
+        _compile_broken = True
+        warnings.warn(f"kernels: torch.compile failed ({type(e).__name__}: {e}); "
+                      "running eager from now on (set MINIRLVR_NO_COMPILE=1 to skip the attempt)")
+        return self.fn(*args)

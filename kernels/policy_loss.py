@@ -1,57 +1,95 @@
-"""Clipped policy-gradient loss with a KL penalty: GRPO, PPO, DAPO, Dr.GRPO.
+"""Policy losses with a KL penalty, one table and one signature: PPO/GRPO/DAPO clip, CISPO, GSPO.
 
-Per token, with r = exp(logp - old_logp) and advantage A:
+Per token t of response b, with the importance ratio r = pi / pi_old and the advantage A:
+    ppo_clip  max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))     (DAPO's clip-higher: clip_high > clip_low)
+    cispo     -sg[clip(r)] A log pi: the clipped ratio only weighs the gradient, no token is dropped (MiniMax-M1)
+    gspo      ppo_clip on the sequence ratio s_b = exp(mean_t log r), in its token form (Qwen's GSPO)
+    loss_t = policy_t + kl_coef * k(log pi, log ref)                (KL estimators k1 / k2 / k3)
+Each family is a name -> pure function table (POLICY_LOSSES, KL_ESTIMATORS, AGGREGATORS): a new variant is one
+function and one entry, and train.py's --loss / --kl_estimator / --agg pick from the tables.
 
-    pg = max(-A * r, -A * clip(r, 1 - clip_low, 1 + clip_high))     (PPO clip)
-    kl = k(logp, ref_logp)                                        (k1 / k2 / k3)
-    loss_t = pg + kl_coef * kl
-
-and the [B,T] per-token losses are reduced by an aggregator. Asymmetric
-bounds (clip_high > clip_low) are DAPO's "clip-higher". Each family of
-variants is a name -> function table (PG_LOSSES, KL_ESTIMATORS, AGGREGATORS);
-a new variant is one pure function plus one entry.
-
-The elementwise part (ratio, clip, KL and their backward) is one compiled
-function, fused by torch.compile into a forward and a backward loop; the
-aggregation is a few reductions left eager so that every aggregator reuses
-the same compiled graph.
-
-The mask may be bool or float weights: every aggregator and statistic
-weights token t of sequence b by mask[b,t], e.g. token_mean is
-sum(x * mask) / sum(mask). Float weights make exact expectations over a
-finite set of paths possible (see tests/test_kl_estimators.py).
+An aggregator returns (sum, units): the summed loss and the number of tokens or responses it averages over.
+A slice of a batch (a micro-batch, one rank's rows) divides by the *whole* batch's units, so the slices'
+losses add up to the batch's loss whatever the split. Log-ratios are clamped to +-20 before exp (as verl
+does): a token the policy has all but ruled out cannot make the ratio or k3 infinite. The mask may be bool
+or float weights (exact expectations over a finite set of paths: tests/test_kl_estimators.py). The
+per-token part is one function that torch.compile fuses; the aggregation stays eager.
 """
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 import torch
 
 from kernels._compile import MaybeCompiled
 
 Tensor = torch.Tensor
+MAX_LOG_RATIO = 20.0  # exp(20) = 4.9e8: finite in fp32, far beyond any useful ratio
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """What a loss may read; a new variant's knob is one more field here (and in the RL config)."""
+    loss: str = "ppo_clip"           # a key of POLICY_LOSSES
+    clip_low: float = 0.2
+    clip_high: float = 0.2           # DAPO's clip-higher uses 0.28
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"         # a key of KL_ESTIMATORS
+    agg: str = "token_mean"          # a key of AGGREGATORS
+    norm_len: float | None = None    # Dr.GRPO's constant length (seq_mean_token_sum_norm); None: T
+
+
+class TokenLoss(NamedTuple):
+    loss: Tensor          # [B,T] per-token loss, to be minimised
+    ratio: Tensor         # [B,T] the importance ratio the loss clips (detached)
+    clipped_low: Tensor   # [B,T] bool: the lower clip bound changes this token's gradient
+    clipped_high: Tensor  # [B,T] bool: the upper clip bound does
+
+
+def log_ratio(logp: Tensor, old_logp: Tensor) -> Tensor:
+    return (logp - old_logp).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
+
 
 # ---------------------------------------------------------------------------
-# Policy-gradient surrogates: (ratio [B,T], adv [B,T] or [B,1], clip_low, clip_high) -> loss [B,T]
+# Policy losses: (logp [B,T], old_logp [B,T], adv [B,1] or [B,T], mask [B,T] float, cfg) -> TokenLoss
 
 
-def pg_clip(ratio: Tensor, adv: Tensor, clip_low: float, clip_high: float) -> Tensor:
-    """PPO/GRPO clipped surrogate, negated to be minimised: max(-A r, -A clip(r))."""
-    return torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high))
+def _clipped_surrogate(ratio: Tensor, adv: Tensor, cfg: LossConfig) -> TokenLoss:
+    """max(-A r, -A clip(r)): where the clipped branch wins the token gets no gradient."""
+    low, high = 1.0 - cfg.clip_low, 1.0 + cfg.clip_high
+    loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(low, high))
+    r = ratio.detach()
+    return TokenLoss(loss, r, (adv < 0) & (r < low), (adv > 0) & (r > high))
 
 
-def pg_unclipped(ratio: Tensor, adv: Tensor, clip_low: float, clip_high: float) -> Tensor:
-    """Importance-weighted policy gradient without clipping, -A r (REINFORCE when on-policy)."""
-    return -adv * ratio
+def ppo_clip(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, cfg: LossConfig) -> TokenLoss:
+    """PPO's clipped surrogate on the token ratio (GRPO, DAPO)."""
+    return _clipped_surrogate(torch.exp(log_ratio(logp, old_logp)), adv, cfg)
 
 
-PG_LOSSES: dict[str, Callable[..., Tensor]] = {"clip": pg_clip, "unclipped": pg_unclipped}
+def cispo(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, cfg: LossConfig) -> TokenLoss:
+    """CISPO (MiniMax-M1, 2025): every token keeps a REINFORCE gradient, its size bounded by the clipped ratio
+    (where PPO's clip zeroes it)."""
+    r = torch.exp(log_ratio(logp, old_logp)).detach()
+    low, high = 1.0 - cfg.clip_low, 1.0 + cfg.clip_high
+    return TokenLoss(-r.clamp(low, high) * adv * logp, r, r < low, r > high)
+
+
+def gspo(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, cfg: LossConfig) -> TokenLoss:
+    """GSPO (Zheng et al., 2025): the clip on s_b = exp(mean_t log r), in token form sg[s_b] * pi_t / sg[pi_t]
+    (value s_b on every token, gradient s_b * grad log pi_t). The paper averages per response (--agg
+    seq_mean_token_mean)."""
+    seq_log_ratio = (log_ratio(logp, old_logp) * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
+    ratio = torch.exp(logp - logp.detach() + seq_log_ratio.detach())
+    return _clipped_surrogate(ratio, adv, cfg)
+
+
+POLICY_LOSSES: dict[str, Callable[..., TokenLoss]] = {"ppo_clip": ppo_clip, "cispo": cispo, "gspo": gspo}
 
 # ---------------------------------------------------------------------------
-# Estimators of KL(pi || ref) from tokens sampled from pi (Schulman 2020,
-# "Approximating KL divergence"): (logp [B,T], ref_logp [B,T]) -> [B,T].
-# In value, k1 and k3 are unbiased and k2 is biased. As a loss their
-# expected gradients differ too: E_pi[grad k1] = 0, E_pi[grad k2] = grad KL(pi||ref),
-# E_pi[grad k3] = grad KL(ref||pi) (checked in tests/test_kl_estimators.py).
+# KL(pi || ref) from tokens sampled from pi (Schulman 2020): (logp [B,T], ref_logp [B,T]) -> [B,T]. k1 and k3
+# are unbiased in value, k2 is not; as losses E_pi[grad k1] = 0, E_pi[grad k2] = grad KL(pi||ref) and
+# E_pi[grad k3] = grad KL(ref||pi) (tests/test_kl_estimators.py).
 
 
 def kl_k1(logp: Tensor, ref_logp: Tensor) -> Tensor:
@@ -66,14 +104,44 @@ def kl_k2(logp: Tensor, ref_logp: Tensor) -> Tensor:
 
 def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
     """exp(ref - logp) - (ref - logp) - 1: unbiased, low variance, never negative."""
-    d = ref_logp - logp
+    d = log_ratio(ref_logp, logp)
     return torch.exp(d) - d - 1.0
 
 
 KL_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
 
 # ---------------------------------------------------------------------------
-# Aggregators: (x [B,T], mask [B,T] float weights, norm_len) -> scalar.
+# Aggregators: (x [B,T], mask [B,T] float weights, norm_len) -> (sum, units), loss = sum / units.
+
+
+def agg_token_mean(x: Tensor, mask: Tensor, norm_len: float | None) -> tuple[Tensor, Tensor]:
+    """Every token weighs the same (DAPO's token-level loss): sum(x * mask) over sum(mask) tokens."""
+    return (x * mask).sum(), mask.sum()
+
+
+def _responses(mask: Tensor) -> Tensor:
+    """How many rows hold at least one token: a row emptied by a filter is not a response."""
+    return (mask.sum(-1) > 0).sum().to(mask.dtype)
+
+
+def agg_seq_mean_token_mean(x: Tensor, mask: Tensor, norm_len: float | None) -> tuple[Tensor, Tensor]:
+    """Mean over responses of each one's token mean (original GRPO)."""
+    den = mask.sum(-1)
+    return _safe_div((x * mask).sum(-1), den).sum(), _responses(mask)
+
+
+def agg_seq_mean_token_sum_norm(x: Tensor, mask: Tensor, norm_len: float | None) -> tuple[Tensor, Tensor]:
+    """Mean over responses of sum_t(x * mask) / norm_len, norm_len defaulting to T (Dr.GRPO: a constant
+    normaliser removes GRPO's bias towards long wrong answers)."""
+    norm = float(x.shape[-1]) if norm_len is None else float(norm_len)
+    return (x * mask).sum() / norm, _responses(mask)
+
+
+AGGREGATORS: dict[str, Callable[[Tensor, Tensor, float | None], tuple[Tensor, Tensor]]] = {
+    "token_mean": agg_token_mean,
+    "seq_mean_token_mean": agg_seq_mean_token_mean,
+    "seq_mean_token_sum_norm": agg_seq_mean_token_sum_norm,
+}
 
 
 def _safe_div(num: Tensor, den: Tensor) -> Tensor:
@@ -81,84 +149,40 @@ def _safe_div(num: Tensor, den: Tensor) -> Tensor:
     return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
 
 
-def agg_token_mean(x: Tensor, mask: Tensor, norm_len: float | None) -> Tensor:
-    """sum(x * mask) / sum(mask): every token weighs the same (DAPO's token-level loss)."""
-    return _safe_div((x * mask).sum(), mask.sum())
+def loss_units(mask: Tensor, agg: str = "token_mean") -> Tensor:
+    """How many units (tokens or responses) `agg` averages over in this mask; asked of the aggregator itself,
+    so that its units are defined once."""
+    m = mask.to(torch.float32)
+    return AGGREGATORS[agg](torch.zeros_like(m), m, None)[1]
 
 
-def agg_seq_mean_token_mean(x: Tensor, mask: Tensor, norm_len: float | None) -> Tensor:
-    """Mean over sequences of each one's masked token mean (original GRPO).
 
-    Sequences whose mask sums to 0 are left out of the mean over sequences.
-    """
-    den = mask.sum(-1)
-    per_seq = _safe_div((x * mask).sum(-1), den)
-    return _safe_div(per_seq.sum(), (den > 0).sum().to(x.dtype))
+def _token_terms(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, adv: Tensor, mask: Tensor,
+                 cfg: LossConfig) -> tuple[TokenLoss, Tensor | None]:
+    """The fused elementwise part: -> TokenLoss, kl [B,T] or None."""
+    kl = None if ref_logp is None else KL_ESTIMATORS[cfg.kl_estimator](logp, ref_logp)
+    return POLICY_LOSSES[cfg.loss](logp, old_logp, adv, mask, cfg), kl
 
 
-def agg_seq_mean_token_sum_norm(x: Tensor, mask: Tensor, norm_len: float | None) -> Tensor:
-    """Mean over all B sequences of sum_t(x * mask) / norm_len, norm_len defaulting to T.
-
-    Dr.GRPO: a constant normaliser removes GRPO's bias towards long wrong answers.
-    """
-    norm = float(x.shape[-1]) if norm_len is None else float(norm_len)
-    return (x * mask).sum(-1).mean() / norm
-
-
-AGGREGATORS: dict[str, Callable[[Tensor, Tensor, float | None], Tensor]] = {
-    "token_mean": agg_token_mean,
-    "seq_mean_token_mean": agg_seq_mean_token_mean,
-    "seq_mean_token_sum_norm": agg_seq_mean_token_sum_norm,
-}
-
-# ---------------------------------------------------------------------------
-
-
-def _token_terms(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, adv: Tensor,
-                 clip_low: float, clip_high: float, pg_name: str, kl_name: str):
-    """The fused elementwise part: -> pg [B,T], kl [B,T] or None, ratio [B,T]."""
-    ratio = torch.exp(logp - old_logp)
-    pg = PG_LOSSES[pg_name](ratio, adv, clip_low, clip_high)
-    kl = None if ref_logp is None else KL_ESTIMATORS[kl_name](logp, ref_logp)
-    return pg, kl, ratio
-
-
-# B and T change every step; names and clip bounds are compile-time constants.
+# B and T change every step; the config is a compile-time constant.
 _token_terms_fn = MaybeCompiled(_token_terms, dynamic_dims=(0, 1), dynamic=False)
 
 
-def _check(name: str, value: str, table: dict):
-    if value not in table:
-        raise ValueError(f"policy_loss: unknown {name} {value!r}; choose one of {sorted(table)}")
-
-
-def policy_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantages: Tensor,
-                mask: Tensor, clip_low: float = 0.2, clip_high: float = 0.2, kl_coef: float = 0.0,
-                kl_estimator: str = "k3", agg: str = "token_mean", entropy: Tensor | None = None,
-                norm_len: float | None = None, loss_type: str = "clip",
+def policy_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantages: Tensor, mask: Tensor,
+                cfg: LossConfig = LossConfig(), entropy: Tensor | None = None, units: Tensor | float | None = None,
                 compiled: bool | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-    """Clipped policy-gradient loss plus kl_coef * KL(pi || ref), aggregated by `agg`.
+    """cfg.loss + cfg.kl_coef * KL(pi || ref), aggregated by cfg.agg; gradients flow into logp only.
 
-    logp, old_logp, ref_logp [B,T] (ref_logp may be None when kl_coef == 0),
-    advantages [B] (one per sequence) or [B,T], mask [B,T] bool or float weights,
-    entropy [B,T] optional (statistics only). Gradients flow into logp only
-    (old_logp, ref_logp and advantages are detached).
-
-    Returns (loss, stats); stats are detached 0-dim tensors, token-weighted by
-    the mask whatever `agg` is (m = mask, sums over all b,t):
-      clip_frac_low   sum(m * [A < 0 and r < 1 - clip_low]) / sum(m): tokens where the
-                      lower clip is active (the surrogate is flat, no gradient)
-      clip_frac_high  sum(m * [A > 0 and r > 1 + clip_high]) / sum(m): upper clip active
-      clip_frac       their sum
-      ratio_mean      sum(m * r) / sum(m)
-      pg_loss         agg(pg), the policy-gradient part of the loss
-      kl_mean, kl_loss  sum(m * kl) / sum(m) and agg(kl)   (only when ref_logp is given)
-      entropy_mean    sum(m * entropy) / sum(m)            (only when entropy is given)
-    With loss_type="unclipped" nothing is clipped and the clip fractions are 0.
+    logp, old_logp, ref_logp [B,T] (ref_logp may be None when kl_coef == 0), advantages [B] or [B,T],
+    mask [B,T] bool or float weights, entropy [B,T] (statistics only). units: loss_units of the whole batch
+    this slice belongs to (None: the slice's own). Returns (loss, stats), stats detached 0-dim tensors,
+    token means over the mask whatever agg is: clip_frac_low / clip_frac_high (tokens whose gradient the
+    lower / upper bound changes: zeroed by ppo_clip and gspo, capped by cispo) and clip_frac, ratio_mean,
+    pg_loss and kl_loss (the parts of the loss), kl_mean, entropy_mean (when ref_logp / entropy are given).
     """
-    _check("kl_estimator", kl_estimator, KL_ESTIMATORS)
-    _check("agg", agg, AGGREGATORS)
-    _check("loss_type", loss_type, PG_LOSSES)
+    for name, table in [("loss", POLICY_LOSSES), ("kl_estimator", KL_ESTIMATORS), ("agg", AGGREGATORS)]:
+        if getattr(cfg, name) not in table:
+            raise ValueError(f"policy_loss: unknown {name} {getattr(cfg, name)!r}; choose one of {sorted(table)}")
     if logp.dim() != 2:
         raise ValueError(f"policy_loss: logp must be [B,T], got {tuple(logp.shape)}")
     for name, t in [("old_logp", old_logp), ("ref_logp", ref_logp), ("mask", mask), ("entropy", entropy)]:
@@ -168,39 +192,31 @@ def policy_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advanta
     if advantages.shape not in (logp.shape[:1], logp.shape):
         raise ValueError(f"policy_loss: advantages must be [B] or [B,T] for logp {tuple(logp.shape)}, "
                          f"got {tuple(advantages.shape)}")
-    if kl_coef != 0 and ref_logp is None:
+    if cfg.kl_coef != 0 and ref_logp is None:
         raise ValueError("policy_loss: kl_coef != 0 needs ref_logp")
-    if not (0 <= clip_low < 1 and clip_high >= 0):
-        raise ValueError(f"policy_loss: need 0 <= clip_low < 1 and clip_high >= 0, got {clip_low}, {clip_high}")
+    if not (0 <= cfg.clip_low < 1 and cfg.clip_high >= 0):
+        raise ValueError(f"policy_loss: need 0 <= clip_low < 1 and clip_high >= 0, got {cfg.clip_low}, {cfg.clip_high}")
 
     # old and ref log-probs are constants of the update, whatever the caller passes
-    old_logp = old_logp.detach()
-    ref_logp = None if ref_logp is None else ref_logp.detach()
-    adv = advantages[:, None] if advantages.dim() == 1 else advantages
-    adv = adv.detach().to(logp.dtype)
+    old_logp, ref_logp = old_logp.detach(), None if ref_logp is None else ref_logp.detach()
+    adv = (advantages[:, None] if advantages.dim() == 1 else advantages).detach().to(logp.dtype)
     m = mask.to(logp.dtype)
-    aggregate = AGGREGATORS[agg]
+    aggregate = AGGREGATORS[cfg.agg]
 
-    pg, kl, ratio = _token_terms_fn(compiled, logp, old_logp, ref_logp, adv,
-                                    float(clip_low), float(clip_high), loss_type, kl_estimator)
-    pg_loss = aggregate(pg, m, norm_len)
-    loss = pg_loss
-    kl_loss = None
-    if kl is not None:
-        kl_loss = aggregate(kl, m, norm_len)
-        if kl_coef != 0:
-            loss = loss + kl_coef * kl_loss
+    terms, kl = _token_terms_fn(compiled, logp, old_logp, ref_logp, adv, m, cfg)
+    pg_sum, own_units = aggregate(terms.loss, m, cfg.norm_len)
+    units = torch.as_tensor(own_units if units is None else units, dtype=m.dtype, device=m.device)
+    loss = pg_loss = _safe_div(pg_sum, units)
+    kl_loss = None if kl is None else _safe_div(aggregate(kl, m, cfg.norm_len)[0], units)
+    if kl is not None and cfg.kl_coef != 0:
+        loss = loss + cfg.kl_coef * kl_loss
 
     with torch.no_grad():
         def tmean(x: Tensor) -> Tensor:
-            return agg_token_mean(x.detach().to(m.dtype), m, None)
-        r = ratio.detach()
-        clipped = loss_type == "clip"
-        zero = torch.zeros((), dtype=m.dtype, device=m.device)
-        low = tmean((adv < 0) & (r < 1.0 - clip_low)) if clipped else zero
-        high = tmean((adv > 0) & (r > 1.0 + clip_high)) if clipped else zero
+            return _safe_div((x.detach().to(m.dtype) * m).sum(), m.sum())
+        low, high = tmean(terms.clipped_low), tmean(terms.clipped_high)
         stats = {"clip_frac_low": low, "clip_frac_high": high, "clip_frac": low + high,
-                 "ratio_mean": tmean(r), "pg_loss": pg_loss.detach()}
+                 "ratio_mean": tmean(terms.ratio), "pg_loss": pg_loss.detach()}
         if kl is not None:
             stats["kl_mean"] = tmean(kl)
             stats["kl_loss"] = kl_loss.detach()

@@ -3,6 +3,7 @@
     cfg = load_config(GRPOConfig, ["--config", "grpo.toml", "--lr", "1e-5"])
 
 Every error names where the bad value came from (the TOML file or the command line) and the key.
+A resumed run takes its config from the checkpoint (resume_config); flags may only repeat it.
 """
 
 from __future__ import annotations
@@ -111,8 +112,36 @@ def load_config(cls, argv: list[str]):
             raise ConfigError(f"{toml_file}: invalid TOML ({e})") from None
         _apply(cfg, data, str(toml_file))
     _apply(cfg, cli, "command line")
+    cfg._given = {k.replace("-", "_") for k in [*cli, *(data if toml_file is not None else ())]}
     if hasattr(cfg, "validate"):
         cfg.validate()
+    return cfg
+
+
+# What may differ between the pieces of a resumed run (e.g. more steps); everything else continues the saved config.
+RESUMABLE = ("out", "resume", "steps", "save_every", "progress", "device")
+
+
+def resume_config(cfg, saved: dict, where: str, stage: str):
+    """Fills cfg from the config a checkpoint saved (`where` names its trainer_state.json), in place.
+
+    A key the user gave (load_config records them; else: a non-default value) must equal the saved one, so a
+    flag can never silently fork a resumed run, except RESUMABLE keys, which may change."""
+    if saved.get("stage") != stage:
+        raise ConfigError(f"{where}: the checkpoint is from stage {saved.get('stage')!r}, not {stage!r}")
+    given = getattr(cfg, "_given", None)
+    for f in dataclasses.fields(cfg):
+        if f.name == "resume" or f.name not in saved:
+            continue
+        mine, theirs = getattr(cfg, f.name), saved[f.name]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if f.name in given if given is not None else mine != default:
+            if f.name in RESUMABLE:
+                continue
+            if mine != theirs:
+                raise ConfigError(f"{where}: key {f.name!r} is {theirs!r} in the checkpoint but {mine!r} here; a "
+                                  "resumed run continues the saved one (leave the key out)")
+        setattr(cfg, f.name, theirs)
     return cfg
 
 

@@ -37,11 +37,21 @@ def rank() -> int:
 
 
 def all_sum(x: torch.Tensor) -> torch.Tensor:
-    """Sum of a tensor over ranks (identity in a single process)."""
+    """Sum of a tensor over ranks (identity in a single process). x must live on the training device (NCCL
+    reduces GPU tensors only): derive it from the batch's tensors, never torch.tensor(a Python number)."""
     if world_size() > 1:
         x = x.clone()
         dist.all_reduce(x)
     return x
+
+
+def all_gather(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's x [n, ...] (the same n on all ranks) concatenated in rank order; x in a single process."""
+    if world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
 
 
 def sync_grads(params) -> None:

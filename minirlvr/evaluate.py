@@ -128,26 +128,15 @@ def response_entropy(model, prompts: list[list[int]], responses: list[list[int]]
     """Entropy (nats, temperature 1) of the policy's next-token distribution at each response token.
 
     Row r gets len(responses[r]) values; value t is H(pi(. | prompt, response[:t])), the distribution the
-    t-th response token was drawn from. Rows are right-padded: with causal attention the padding after a
-    row's last token cannot change the positions that are scored.
+    t-th response token was drawn from (rollout.response_logprobs, the log-probs RL trains on).
     """
     import torch
-    from kernels import token_logprobs
-    dev = next(model.parameters()).device
-    seqs = [p + r for p, r in zip(prompts, responses)]
-    T = max(len(s) for s in seqs)
-    ids = torch.zeros(len(seqs), T, dtype=torch.long)
-    targets = torch.full((len(seqs), T), -100, dtype=torch.long)
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        ids[i, :len(p) + len(r)] = torch.tensor(p + r)
-        if r:  # position t predicts token t+1, so response token j is predicted at position len(p) + j - 1
-            targets[i, len(p) - 1:len(p) + len(r) - 1] = torch.tensor(r)
+    from minirlvr.rollout import response_logprobs
+    from minirlvr.sampler import build_batch
     with torch.no_grad():
-        hidden = model(ids.to(dev), return_hidden=True)
-        _, ent = token_logprobs(hidden.reshape(-1, hidden.shape[-1]), model.lm_head.weight,
-                                targets.reshape(-1).to(dev), return_entropy=True)
-    ent = ent.view(len(seqs), T).cpu()
-    return [ent[i, len(p) - 1:len(p) + len(r) - 1].tolist() for i, (p, r) in enumerate(zip(prompts, responses))]
+        _, ent = response_logprobs(model, build_batch(prompts, responses, device=next(model.parameters()).device),
+                                   with_entropy=True)
+    return [e[:len(r)].tolist() for e, r in zip(ent.cpu(), responses)]
 
 
 def answer_start(tok, response_ids: list[int]) -> int:

@@ -13,10 +13,12 @@ Architecture (identical for both families):
 Module and parameter names mirror Hugging Face's (`model.layers.0.self_attn.q_proj.weight` ...), so a
 state dict maps 1:1 onto a checkpoint directory and back, with no renaming table to read.
 
-The forward pass takes optional per-row positions (needed for left-padded batches: a row's first real
-token must sit at position 0, whatever padding precedes it), an optional KV cache (used by the sampler)
-and a key-validity mask, and can return the final hidden states instead of logits (the chunked log-prob
-kernel multiplies them with the lm_head weight itself, so the [B, T, V] logits never exist at once).
+One forward serves training, evaluation and decoding: optional per-row positions (a left-padded row's first
+real token sits at position 0), a key-validity mask, a KV cache as an argument (the sampler's), and the
+final hidden states instead of logits on request (the chunked log-prob kernel multiplies them with lm_head
+itself, so [B, T, V] logits never exist). Attention gets a boolean mask only when some key is padding, else
+it runs plain causal (CUDA's fused kernels). On CPU the sampler swaps how the linear layers compute
+(sampler.fast_linears); there is no second copy of this model.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minirlvr.hf_io import CheckpointError, read_json, atomic_dir, load_safetensors_dir
+from minirlvr.checkpoint import CheckpointError, atomic_dir, load_safetensors_dir, read_json
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 
@@ -128,26 +130,26 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 and cast back before the scale, exactly as HF does (matters in bf16).
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        # Normalise in fp32 and cast back before the scale, exactly as HF does (matters in bf16). In fp32,
+        # F.rms_norm computes the same bits as x * rsqrt(mean(x^2) + eps) * weight, in one kernel.
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), None, self.eps).to(x.dtype)
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
-    """positions [B, T] (long) -> cos, sin [B, T, head_dim] in `dtype`, computed in fp32."""
+    """positions [B, T] (long) -> cos, signed_sin [B, T, head_dim] in `dtype`, computed in fp32; signed_sin is
+    sin with its first half negated, so that rotate-half is x * cos + roll(x) * signed_sin."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.int64).float() / head_dim))
     freqs = positions[..., None].float() * inv_freq  # [B, T, head_dim/2]
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    sin = freqs.sin()
+    return torch.cat((freqs, freqs), dim=-1).cos().to(dtype), torch.cat((-sin, sin), dim=-1).to(dtype)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B, heads, T, head_dim]; cos/sin [B, T, head_dim]. Rotate-half convention (HF's)."""
-    cos, sin = cos[:, None], sin[:, None]
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """x [B, heads, T, head_dim]; cos/signed_sin [B, T, head_dim]. HF's rotate-half, x * cos + cat(-x2, x1) * sin,
+    as x * cos + roll(x) * signed_sin: the same bits, fewer kernels."""
+    return x * cos[:, None] + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin[:, None]
 
 
 class KVCache:
@@ -166,6 +168,7 @@ class KVCache:
         self.key_mask = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
         self.length = 0
         self.max_len = max_len
+        self.padded = False  # does any filled slot hold padding? (known without a host sync per decoded token)
 
     @classmethod
     def for_model(cls, model: "Transformer", batch: int, max_len: int) -> "KVCache":
@@ -188,11 +191,16 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.hd, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(self.n_heads * self.hd, cfg.hidden_size, bias=cfg.o_bias)
 
+    def qkv(self, x):
+        """The three projections of x. The sampler's CPU fast path computes them as one matmul instead."""
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+
     def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        q, k, v = self.qkv(x)
+        q = q.view(B, T, self.n_heads, self.hd).transpose(1, 2)
+        k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             start = cache.length
@@ -200,8 +208,8 @@ class Attention(nn.Module):
             cache.v[layer][:, :, start:start + T] = v
             k, v = cache.k[layer][:, :, :start + T], cache.v[layer][:, :, :start + T]
         gqa = self.n_kv != self.n_heads
-        if mask is None:  # plain causal attention over this call's tokens only
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        if mask is None:  # no padding: causal, which a lone query after the cache's keys gets for free
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
@@ -214,8 +222,13 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
+    def gate_up(self, x):
+        """The two input projections of x (one matmul in the sampler's CPU fast path)."""
+        return self.gate_proj(x), self.up_proj(x)
+
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up(x)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -254,6 +267,19 @@ def build_mask(key_mask: torch.Tensor, start: int, T: int) -> torch.Tensor:
     return ((causal & key_mask[:, None, :]) | (k_slot == q_slot))[:, None]
 
 
+def attention_mask(key_mask: torch.Tensor | None, cache: KVCache | None, T: int) -> torch.Tensor | None:
+    """The boolean mask for T new queries, or None when causal attention is exact (no key is padding, and the
+    queries start the sequence or are one decoding step). Records key_mask [B, T] in the cache."""
+    if cache is None:
+        return None if key_mask is None or bool(key_mask.all()) else build_mask(key_mask, 0, T)
+    start = cache.length
+    if start + T > cache.max_len:
+        raise ValueError(f"KV cache overflow: {start} + {T} tokens > max_len {cache.max_len}")
+    cache.key_mask[:, start:start + T] = True if key_mask is None else key_mask
+    cache.padded = cache.padded or (key_mask is not None and not bool(key_mask.all()))
+    return None if not cache.padded and (start == 0 or T == 1) else build_mask(cache.key_mask[:, :start + T], start, T)
+
+
 # ----------------------------------------------------------------------------------------------------
 # the model
 
@@ -281,27 +307,15 @@ class Transformer(nn.Module):
                 return_hidden: bool = False) -> torch.Tensor:
         """input_ids [B, T] -> logits [B, T, V] (or final-normed hidden states [B, T, H] if return_hidden).
 
-        positions [B, T]: RoPE positions (default 0..T-1 continuing after the cache's length).
-        key_mask [B, T] (no cache) or [B, cache.length + T] (with cache): True at real tokens. With a cache
-        the mask is also stored in cache.key_mask; if omitted there, earlier slots keep their stored mask
-        and the new tokens count as real.
+        positions [B, T]: RoPE positions (default 0..T-1, continuing after the cache's filled slots).
+        key_mask [B, T]: True at real tokens, False at padding (default: all real).
+        cache: the T new keys/values go to slots cache.length.. and attend to every real key before them.
         """
         B, T = input_ids.shape
-        start = cache.length if cache is not None else 0
-        if cache is not None and start + T > cache.max_len:
-            raise ValueError(f"KV cache overflow: {start} + {T} tokens > max_len {cache.max_len}")
+        start = 0 if cache is None else cache.length
         if positions is None:
             positions = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
-        mask = None
-        if cache is not None:
-            if key_mask is None:
-                cache.key_mask[:, start:start + T] = True
-            else:
-                cache.key_mask[:, :start + T] = key_mask
-            if start > 0 or not bool(cache.key_mask[:, :T].all()):
-                mask = build_mask(cache.key_mask[:, :start + T], start, T)
-        elif key_mask is not None:
-            mask = build_mask(key_mask, 0, T)
+        mask = attention_mask(key_mask, cache, T)
         x = self.model.embed_tokens(input_ids)
         cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
         for i, layer in enumerate(self.model.layers):

@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 
 from minirlvr import dist
+from minirlvr.checkpoint import restore_training, save_checkpoint, save_due, start_training
 from minirlvr.config import ConfigError
-from minirlvr.checkpoint import load_optimizer, read_state, restore_rng, save_checkpoint
 from minirlvr.data import pack_examples, pretrain_stream, read_many, row_batch, sft_examples, stream_batch
 from minirlvr.metrics import MetricsLog, Progress
 from minirlvr.model import ModelConfig, Transformer
-from minirlvr.optim import apply_update, autocast, check_finite, lr_at, make_adamw, pick_device, set_lr
+from minirlvr.optim import apply_update, autocast, check_finite, lr_at, make_adamw, set_lr
 from minirlvr.tokenizer import Tokenizer
 
 
@@ -46,7 +46,7 @@ class LMConfig:
     progress: bool = True
 
     def validate(self):
-        if not self.data:
+        if not self.data and not self.resume:
             raise ConfigError("config: 'data' must list at least one JSONL file")
         if self.batch_size % self.grad_accum:
             raise ConfigError("config: 'batch_size' must be divisible by 'grad_accum'")
@@ -78,7 +78,7 @@ class SFTConfig(LMConfig):
 
     def validate(self):
         super().validate()
-        if not self.init:
+        if not self.init and not self.resume:
             raise ConfigError("config: 'init' (an HF model directory) is required for sft")
 
 
@@ -95,17 +95,13 @@ def lm_loss(model: Transformer, ids: torch.Tensor, loss_mask: torch.Tensor, norm
 
 
 def train_lm(cfg: LMConfig, model: Transformer, tok: Tokenizer, rows: torch.Tensor, masks: torch.Tensor | None,
-             stream: torch.Tensor | None = None) -> Path:
-    """The loop. Either `stream` (pretraining: random blocks cut from one token stream) or packed `rows`/`masks`."""
+             stream: torch.Tensor | None = None, state: dict | None = None) -> Path:
+    """The loop. Either `stream` (pretraining: random blocks cut from one token stream) or packed `rows`/`masks`;
+    state: the resumed checkpoint's (start_training)."""
     rank, world = dist.rank(), dist.world_size()
     device = next(model.parameters()).device
     opt = make_adamw(model.parameters(), cfg.lr, cfg.weight_decay)
-    start = 0
-    if cfg.resume:
-        state = read_state(Path(cfg.resume))
-        load_optimizer(opt, Path(cfg.resume) / "optimizer.safetensors", state["param_groups"])
-        restore_rng(Path(cfg.resume), state)
-        start = state["step"]
+    start = restore_training(cfg.resume, state, opt)
     log = MetricsLog(Path(cfg.out) / "metrics.jsonl", resume_step=start if cfg.resume else None, enabled=rank == 0)
     bar = Progress(cfg.steps, start, enabled=cfg.progress and rank == 0)
     micro = cfg.batch_size // (cfg.grad_accum * world)
@@ -126,35 +122,27 @@ def train_lm(cfg: LMConfig, model: Transformer, tok: Tokenizer, rows: torch.Tens
         norm = float(dist.all_sum(bmask[:, 1:].sum().float()).item())  # global target count
         lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_frac)
         set_lr(opt, lr)
-        total = 0.0
+        total = torch.zeros((), dtype=torch.float64, device=device)  # on the device: NCCL reduces GPU tensors only
         for m in range(cfg.grad_accum):
             sl = slice(m * micro, (m + 1) * micro)
             with autocast(device, cfg.bf16):
                 loss = lm_loss(model, batch[sl], bmask[sl], max(norm, 1.0))
             check_finite(loss, step)
             loss.backward()
-            total += loss.item()
-        total = float(dist.all_sum(torch.tensor(total)).item())
+            total += loss.detach()
+        total = float(dist.all_sum(total.float()).item())
         gnorm = apply_update(model, opt, cfg.grad_clip)
         dt = time.time() - t0
         log.write({"step": step, "loss": total, "lr": lr, "grad_norm": gnorm.item(), "tokens": norm,
                    "tokens_per_s": norm / dt, "time_s": dt})
         bar.update(step, loss=total)
-        last = step + 1 == cfg.steps
-        if rank == 0 and (last or (cfg.save_every and (step + 1) % cfg.save_every == 0)):
+        if save_due(cfg, step):
             save_checkpoint(Path(cfg.out), model, opt, step + 1, {"stage": type(cfg).__name__, **dataclasses.asdict(cfg)}, tok)
     return Path(cfg.out) / "model"
 
 
-def _setup(cfg: LMConfig):
-    rank, world, dev = dist.init()
-    device = dev or pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    return device
-
-
 def pretrain(cfg: PretrainConfig) -> Path:
-    device = _setup(cfg)
+    device, state = start_training(cfg, type(cfg).__name__)
     records = read_many(cfg.data)
     if cfg.resume:
         tok = Tokenizer.from_pretrained(cfg.resume)
@@ -179,11 +167,11 @@ def pretrain(cfg: PretrainConfig) -> Path:
     if dist.rank() == 0 and cfg.progress:
         print(f"pretrain: {model.num_params() / 1e6:.2f}M params, {len(stream) / 1e6:.2f}M tokens, "
               f"{cfg.steps} steps x {cfg.batch_size} x {cfg.block_size}", flush=True)
-    return train_lm(cfg, model, tok, None, None, stream=stream)
+    return train_lm(cfg, model, tok, None, None, stream, state)
 
 
 def sft(cfg: SFTConfig) -> Path:
-    device = _setup(cfg)
+    device, state = start_training(cfg, type(cfg).__name__)
     src = cfg.resume or cfg.init
     tok = Tokenizer.from_pretrained(src)
     model = Transformer.from_pretrained(src, device=device)
@@ -191,4 +179,4 @@ def sft(cfg: SFTConfig) -> Path:
     rows, masks = pack_examples(examples, cfg.block_size, cfg.seed, cfg.pack)
     if dist.rank() == 0 and cfg.progress:
         print(f"sft: {len(examples)} chats packed into {len(rows)} rows of {cfg.block_size + 1} tokens", flush=True)
-    return train_lm(cfg, model, tok, rows, masks)
+    return train_lm(cfg, model, tok, rows, masks, state=state)

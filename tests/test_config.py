@@ -3,7 +3,8 @@
 import pytest
 
 from minirlvr.config import ConfigError, load_config
-from minirlvr.rl import RLConfig
+from minirlvr.grpo import GRPOConfig as RLConfig
+from minirlvr.ppo import PPOConfig
 from minirlvr.sft import PretrainConfig
 
 
@@ -29,6 +30,32 @@ def test_defaults_then_toml_then_cli(tmp_path):
 def test_cli_errors_name_the_key(argv, pattern):
     with pytest.raises(ConfigError, match=pattern):
         load_config(RLConfig, argv)
+
+
+@pytest.mark.parametrize("argv, pattern", [
+    (["--group_size", "1"], r"'group_size' must be >= 2, got 1"),
+    (["--temperature", "0"], r"'temperature' must be > 0.*got 0.0"),
+    (["--loss", "ppo"], r"'loss' must be one of \['cispo', 'gspo', 'ppo_clip'\]"),
+    (["--kl_estimator", "k4"], r"'kl_estimator' must be one of \['k1', 'k2', 'k3'\]"),
+    (["--agg", "sum"], r"'agg' must be one of"),
+    (["--top_p", "0"], r"'top_p' must be in \(0, 1\]"),
+    (["--minibatches", "100", "--prompts_per_step", "2", "--group_size", "4"], r"'minibatches' must not exceed"),
+    (["--micro_batch_size", "-1"], r"'micro_batch_size' must be >= 0"),
+    (["--reward", "nowhere"], r"key 'reward': reward 'nowhere': expected 'package.module:function'"),
+    (["--reward", "no_such_module:fn"], r"key 'reward': .*cannot load it \(ModuleNotFoundError"),
+])
+def test_bad_rl_values_fail_before_anything_runs(argv, pattern):
+    # B6: caught at load time with the key named, not after a rollout (NaN advantages) or as a traceback
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(RLConfig, ["--init", "m", "--data", "d", *argv])
+
+
+def test_off_policy_sampling_warns_and_ppo_checks_its_own_keys():
+    with pytest.warns(UserWarning, match="off-policy"):
+        load_config(RLConfig, ["--init", "m", "--data", "d", "--top_k", "20"])
+    assert load_config(PPOConfig, ["--init", "m", "--data", "d", "--group_size", "1"]).out == "runs/ppo"
+    with pytest.raises(ConfigError, match="'filter_zero_variance' has no effect in PPO"):
+        load_config(PPOConfig, ["--init", "m", "--data", "d", "--filter_zero_variance", "true"])
 
 
 def test_toml_errors_name_the_file_and_key(tmp_path):

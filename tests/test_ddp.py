@@ -52,6 +52,15 @@ def base(tmp_path_factory):
     return d, args
 
 
+@pytest.fixture(scope="module")
+def init(base):
+    """The 1-process pretrained model of test_pretrain_two_processes_equal_one (made here if it did not run)."""
+    d, args = base
+    if not (d / "one" / "model").exists():
+        run(1, "pretrain", args + ["--out", str(d / "one")], d)
+    return d / "one" / "model"
+
+
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 def test_pretrain_two_processes_equal_one(base):
     d, args = base
@@ -62,20 +71,68 @@ def test_pretrain_two_processes_equal_one(base):
     assert not torch.equal(ma.model.norm.weight, torch.ones_like(ma.model.norm.weight))  # it did train
 
 
+RL_ARGS = ["--steps", "2", "--prompts_per_step", "4", "--group_size", "4", "--max_new_tokens", "8", "--lr", "1e-2",
+           "--kl_coef", "0.1", "--minibatches", "2", "--progress", "false"]
+
+
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
-def test_grpo_two_processes_equal_one(base):
+@pytest.mark.parametrize("algo, extra", [
+    # B3: the 'cat' group's rewards are all equal, so the filter empties its rows, which all live on rank 0:
+    # every rank must weigh a response by the global count of responses that have tokens
+    ("grpo", ["--reward", "test_train:a_share_but_cat", "--filter_zero_variance", "true", "--agg", "seq_mean_token_mean"]),
+    ("ppo", ["--reward", "test_train:a_share"]),  # B4: advantages whitened over both ranks, not per rank
+])
+def test_rl_two_processes_equal_one(base, init, algo, extra):
     d, _ = base
-    init = d / "one" / "model"
-    if not init.exists():
-        pytest.skip("needs the pretrain test's model")
-    args = ["--init", str(init), "--data", str(d / "prompts.jsonl"), "--steps", "2", "--prompts_per_step", "4",
-            "--group_size", "4", "--max_new_tokens", "8", "--lr", "1e-2", "--kl_coef", "0.1", "--minibatches", "2",
-            "--progress", "false"]
-    run(1, "grpo", args + ["--out", str(d / "g1")], d)
-    run(2, "grpo", args + ["--out", str(d / "g2")], d)
+    args = [algo, "--init", str(init), "--data", str(d / "prompts.jsonl"), *RL_ARGS, *extra]
+    run(1, args[0], args[1:] + ["--out", str(d / f"{algo}1")], d)
+    # the two processes also split each minibatch into micro-batches of 3 rows: the same update
+    run(2, args[0], args[1:] + ["--out", str(d / f"{algo}2"), "--micro_batch_size", "3"], d)
     # Summation order differs between 1 and 2 processes, and Adam's first steps amplify float noise in tiny
     # gradient entries: measured differences ~3e-5, against updates of ~4e-2 per parameter tensor.
-    ma, _ = assert_same_weights(d / "g1" / "model", d / "g2" / "model", atol=2e-4)
+    ma, _ = assert_same_weights(d / f"{algo}1" / "model", d / f"{algo}2" / "model", atol=2e-4)
     start = Transformer.from_pretrained(init).state_dict()
     for k, v in ma.state_dict().items():
         assert (v - start[k]).abs().max() > 1e-2, k  # every tensor moved far more than the tolerance
+
+
+def test_collectives_get_tensors_on_the_training_device(base, init, monkeypatch, tmp_path):
+    """B1: NCCL reduces only GPU tensors, so a collective on torch.tensor(a Python number) (a CPU tensor)
+    crashes multi-GPU runs. In a fake two-rank world, every tensor reaching a collective must come from the
+    batch's own (device) tensors: none may be built by torch.tensor() without a device."""
+    import minirlvr.grpo as G
+    import minirlvr.sft as S
+    from minirlvr import dist
+    from minirlvr.config import load_config
+    from minirlvr.ppo import PPOConfig, train_ppo
+    sys.path.insert(0, str(HERE))
+    from test_train import write_jsonl
+    d, args = base
+    real_tensor = torch.tensor
+    host_made = []
+
+    def spy_tensor(*a, **k):
+        t = real_tensor(*a, **k)
+        if "device" not in k:
+            host_made.append(t)
+        return t
+    summed, real_all_sum = [], dist.all_sum
+
+    def spy_all_sum(x):
+        summed.append(x)
+        return real_all_sum(x)
+    monkeypatch.setattr(torch, "tensor", spy_tensor)
+    monkeypatch.setattr(dist, "world_size", lambda: 2)
+    monkeypatch.setattr(dist, "all_sum", spy_all_sum)
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda t, *a, **k: None)
+    monkeypatch.setattr(torch.distributed, "all_gather", lambda out, t: [o.copy_(t) for o in out])
+    rl = ["--init", str(init), "--data", str(d / "prompts.jsonl"), *RL_ARGS, "--steps", "1",
+          "--reward", "test_train:a_share", "--out", str(tmp_path / "rl")]
+    G.train_grpo(load_config(G.GRPOConfig, rl))
+    train_ppo(load_config(PPOConfig, rl))
+    chats = write_jsonl(tmp_path / "chats.jsonl", [{"messages": [{"role": "user", "content": "hi"},
+                                                                 {"role": "assistant", "content": "the cat"}]}] * 8)
+    S.sft(load_config(S.SFTConfig, ["--init", str(init), "--data", chats, "--steps", "1", "--batch_size", "4",
+                                    "--block_size", "32", "--progress", "false", "--out", str(tmp_path / "sft")]))
+    assert len(summed) > 10, "the fake world ran no collective"
+    assert not [x for x in summed if any(x is h for h in host_made)]

@@ -12,7 +12,7 @@ sampled before the loss. A Monte Carlo check then samples from pi.
 import pytest
 import torch
 
-from kernels import KL_ESTIMATORS, policy_loss
+from kernels import KL_ESTIMATORS, LossConfig, policy_loss
 
 V = 12
 
@@ -34,7 +34,7 @@ def expected_kl_term(theta, ref_logp, est):
     weights = logp.detach().exp()[None]
     loss, stats = policy_loss(logp[None], logp.detach()[None], ref_logp[None],
                               torch.zeros(1, dtype=torch.float64), weights,
-                              kl_coef=1.0, kl_estimator=est, agg="token_mean", compiled=False)
+                              LossConfig(kl_coef=1.0, kl_estimator=est), compiled=False)
     assert stats["pg_loss"] == 0
     return loss
 
@@ -91,7 +91,7 @@ def test_monte_carlo_samples_from_pi():
     for est in ["k1", "k2", "k3"]:
         values = KL_ESTIMATORS[est](logp, ref)
         _, stats = policy_loss(logp[None], logp[None], ref[None], torch.zeros(1, dtype=torch.float64),
-                               torch.ones(1, x.numel(), dtype=torch.bool), kl_estimator=est, compiled=False)
+                               torch.ones(1, x.numel(), dtype=torch.bool), LossConfig(kl_estimator=est), compiled=False)
         mean, se = stats["kl_mean"].item(), (values.std() / values.numel() ** 0.5).item()
         assert mean == pytest.approx(values.mean().item(), rel=1e-12)
         if est in ("k1", "k3"):

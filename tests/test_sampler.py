@@ -73,16 +73,16 @@ def full_forward_logprobs(model, prompt, tokens, temperature):
 
 
 class Calls:
-    """Records the input shape [B, T] of every forward the sampler runs: the prefill, then the decode steps."""
+    """Records the input shape [B, T] of every model forward the sampler runs: the prefill, then the decode steps."""
 
     def __init__(self, monkeypatch):
         self.shapes = []
-        forward = sampler.forward_cached
+        forward = Transformer.forward
 
-        def counted(w, ids, *args):
+        def counted(model, ids, *args, **kw):
             self.shapes.append(tuple(ids.shape))
-            return forward(w, ids, *args)
-        monkeypatch.setattr(sampler, "forward_cached", counted)
+            return forward(model, ids, *args, **kw)
+        monkeypatch.setattr(Transformer, "forward", counted)
 
     @property
     def prefills(self):
@@ -282,7 +282,7 @@ def test_outputs_are_ordinary_tensors_and_bad_input_fails(model):
 # ----------------------------------------------------------------------------------------- other paths
 
 def test_without_onednn_the_plain_path_is_also_exact(model, monkeypatch):
-    """The fused-weight path used where oneDNN packing is unavailable (e.g. on GPU)."""
+    """The plain nn.Linear path, used where oneDNN packing is unavailable (e.g. on GPU)."""
     monkeypatch.setattr(sampler, "USE_ONEDNN", False)
     prompts = ragged_prompts(12, (4, 9, 1))
     out = generate(model, prompts, max_new_tokens=8)
@@ -293,25 +293,53 @@ def test_without_onednn_the_plain_path_is_also_exact(model, monkeypatch):
                                    atol=1e-5, rtol=0)
 
 
+def test_fast_linears_swap_how_linears_compute_and_restore_them(model):
+    ids = torch.tensor([[3, 1, 4, 1, 5]])
+    with torch.no_grad():
+        before = model(ids)
+        with sampler.fast_linears(model, batch=4):
+            packed = model(ids)
+            swapped = [m for m in model.modules() if {"forward", "qkv", "gate_up"} & set(vars(m))]
+        after = model(ids)
+    assert not [m for m in model.modules() if {"forward", "qkv", "gate_up"} & set(vars(m))], "all restored"
+    assert torch.equal(before, after)
+    torch.testing.assert_close(packed, before, atol=1e-5, rtol=0)
+    if sampler.USE_ONEDNN:  # per layer: attention and MLP (fused), o_proj and down_proj; and lm_head
+        assert len(swapped) == 4 * model.config.num_hidden_layers + 1
+
+
+def test_checking_for_stopped_rows_less_often_changes_nothing(model, monkeypatch):
+    """On a GPU the loop looks at which rows stopped (a host sync) only every few steps; the same greedy output
+    (sampled rows would differ: the random stream is drawn for the live rows, see the module docstring)."""
+    prompts = ragged_prompts(15, (3, 3, 5, 2))
+    free = generate(model, prompts, max_new_tokens=12).tokens
+    stop = {free[0][1], free[1][2], free[2][4]}
+    every_step = generate(model, prompts, max_new_tokens=12, stop_ids=stop)
+    monkeypatch.setattr(sampler, "CHECK_EVERY", {"cpu": 5})
+    calls = Calls(monkeypatch)
+    sparse = generate(model, prompts, max_new_tokens=12, stop_ids=stop)
+    assert sparse.tokens == every_step.tokens and sparse.logprobs == every_step.logprobs
+    assert len(calls.steps) == 11 or calls.steps[-1] < len(prompts)  # ran on, or dropped rows at a check
+
+
 def test_bfloat16_model(monkeypatch):
     m = tiny("qwen2").to(torch.bfloat16)
     prompts = ragged_prompts(13, (3, 6))
-    for onednn in (True, False):
-        monkeypatch.setattr(sampler, "USE_ONEDNN", onednn and sampler._onednn_available())
+    for onednn in (True, False):  # where oneDNN cannot pack bf16 (no AVX-512), fast_linears leaves nn.Linear
+        monkeypatch.setattr(sampler, "USE_ONEDNN", onednn)
         out = generate(m, prompts, max_new_tokens=8, temperature=1.0, seed=0)
         for p, toks, lps in zip(prompts, out.tokens, out.logprobs):  # bf16 rounding differs between the paths
             torch.testing.assert_close(torch.tensor(lps, dtype=torch.float64), full_forward_logprobs(m, p, toks, 1.0),
                                        atol=0.05, rtol=0)
 
 
-def test_compiled_decode_step_equals_eager():
-    m = tiny("llama", num_hidden_layers=1)  # one layer keeps the compile short
-    prompts = ragged_prompts(14, (3, 5))
-    for kw in (dict(), dict(temperature=1.0, seed=3, num_samples=2)):
-        eager = generate(m, prompts, max_new_tokens=6, **kw)
-        compiled = generate(m, prompts, max_new_tokens=6, compile=True, **kw)
-        assert compiled.tokens == eager.tokens
-        torch.testing.assert_close(compiled.logprobs_tensor, eager.logprobs_tensor, atol=1e-5, rtol=0)
+def test_build_batch_lays_out_prompts_and_responses():
+    b = sampler.build_batch([[5, 6, 7], [8]], [[1], [2, 3]], pad_id=9)
+    assert b.prompt_len == 3 and b.ids.tolist() == [[5, 6, 7, 1, 9], [9, 9, 8, 2, 3]]
+    assert b.key_mask.tolist() == [[True] * 4 + [False], [False, False, True, True, True]]
+    assert b.positions[1, 2:].tolist() == [0, 1, 2] and b.positions[0, :4].tolist() == [0, 1, 2, 3]
+    assert b.response_mask.tolist() == [[1.0, 0.0], [1.0, 1.0]] and b.responses.tolist() == [[1, 9], [2, 3]]
+    assert sampler.build_batch([[1, 2], [3]]).ids.shape == (2, 2)  # prompts only: no response column
 
 
 # ----------------------------------------------------------------------------------------- vs transformers

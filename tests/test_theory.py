@@ -410,13 +410,13 @@ def test_exact_policy_gradient_reaches_the_theory_fixed_points_reference_surroga
 
 def test_exact_policy_gradient_reaches_the_theory_fixed_points_kernels_policy_loss():
     try:
-        from kernels import policy_loss
+        from kernels import LossConfig, policy_loss
     except ImportError as e:
         pytest.skip(f"kernels.policy_loss is not available yet ({e})")
 
     def loss_fn(logp, old_logp, ref_logp, advantages, mask, kl_coef, kl_estimator):
-        return policy_loss(logp, old_logp, ref_logp, advantages, mask, clip_low=0.2, clip_high=0.2,
-                           kl_coef=kl_coef, kl_estimator=kl_estimator, agg="token_mean")
+        return policy_loss(logp, old_logp, ref_logp, advantages, mask,
+                           LossConfig(kl_coef=kl_coef, kl_estimator=kl_estimator, agg="token_mean"))
 
     # policy_loss keeps float64, so the fixed points are reached as tightly as with the reference
     _check_fixed_points(loss_fn, atol=1e-9)
