@@ -6,6 +6,8 @@
     python experiments/e1v3.py arms --seeds 0 1 2  # train and evaluate every arm
     python experiments/e1v3.py probes              # task KL, first-token KL on harmful prompts, drift vs bound
     python experiments/e1v3.py report              # summary.json and REPORT.md (experiments/e1v3_report.py)
+    python experiments/e1v3.py export              # seed-0 weights of base, sft_task, grpo, rft in bf16 (models/)
+    python experiments/e1v3.py temps               # E5 on v3: safety of those models sampled at T = 0.7, 1.0, 1.2
     python experiments/e1v3.py all                 # all of the above, in order
 
 Every arm starts from the v3 base (assets/miniworld3-base) and gets the same budget: STEPS optimiser steps of
@@ -48,6 +50,8 @@ class Arm:
     grid: tuple[float, ...] = ()  # lrs tried on math_dev; empty: take the lr chosen for `lr_of`
     lr_of: str = ""
     beta: float = 0.05
+    flags: tuple[str, ...] = ()   # extra train.py flags (an algorithm variant)
+    stage: str = "grpo"           # train.py stage of an RL arm: grpo | ppo
 
 
 ARMS: dict[str, Arm] = {
@@ -61,6 +65,16 @@ ARMS: dict[str, Arm] = {
     "grpo_b0": Arm("grpo", "prompts.jsonl", GRPO_GRID, beta=0.0),        # no KL term
     "helpful": Arm("sft", "helpful.jsonl", lr_of="sft_task"),            # positive control: the known eroder
 }
+# Secondary arms (E3 and E6 on MiniWorld 3; PREREGISTRATION.md, "Secondary arms"): GRPO's lr, 3 seeds.
+SECONDARY: dict[str, Arm] = {
+    "drgrpo": Arm("grpo", "prompts.jsonl", lr_of="grpo", flags=("--advantage", "drgrpo", "--agg",
+                                                                  "seq_mean_token_sum_norm")),
+    "rloo": Arm("grpo", "prompts.jsonl", lr_of="grpo", flags=("--advantage", "rloo")),
+    "ppo": Arm("grpo", "prompts.jsonl", lr_of="grpo", stage="ppo"),
+    "grpo_b001": Arm("grpo", "prompts.jsonl", lr_of="grpo", beta=0.01),
+    "grpo_b02": Arm("grpo", "prompts.jsonl", lr_of="grpo", beta=0.2),
+}
+ALL_ARMS = {**ARMS, **SECONDARY}
 
 
 def train_argv(arm: Arm, lr: float, seed: int, out: Path) -> list[str]:
@@ -69,8 +83,8 @@ def train_argv(arm: Arm, lr: float, seed: int, out: Path) -> list[str]:
     if arm.kind == "sft":
         return [PY, "train.py", "sft", *common, "--batch_size", str(PER_STEP), "--pack", "false", "--block_size",
                 "256", "--weight_decay", "0.0"]
-    return [PY, "train.py", "grpo", *common, "--prompts_per_step", str(PER_STEP), "--group_size", str(GROUP),
-            "--kl_coef", str(arm.beta), "--max_new_tokens", "96"]
+    return [PY, "train.py", arm.stage, *common, "--prompts_per_step", str(PER_STEP), "--group_size", str(GROUP),
+            "--kl_coef", str(arm.beta), "--max_new_tokens", "96", *arm.flags]
 
 
 def eval_jobs(model: Path, d: Path, w: Path, pass_k: bool = False) -> list[tuple[list[str], Path]]:
@@ -183,7 +197,8 @@ def run_arms(w: Path, seeds: list[int], jobs: int, names: list[str]) -> None:
     lrs = json.loads((OUT / "lr_selection.json").read_text())
     train, evals = [], []
     for name in names:
-        arm, lr = ARMS[name], lrs[name]["lr"]
+        arm = ALL_ARMS[name]
+        lr = lrs[name]["lr"] if name in lrs else lrs[arm.lr_of]["lr"]
         for s in seeds:
             d = OUT / name / f"seed{s}"
             search = OUT / "lr_search" / name / f"lr{lr:g}" / "model"
@@ -194,7 +209,7 @@ def run_arms(w: Path, seeds: list[int], jobs: int, names: list[str]) -> None:
                 shutil.copy2(search.parent / "metrics.jsonl", d / "metrics.jsonl")
             if not (d / "model" / "trainer_state.json").is_file():
                 train.append((train_argv(arm, lr, s, d), d / "train.log"))
-            evals += eval_jobs(d / "model", d, w, pass_k=arm.kind == "grpo")
+            evals += eval_jobs(d / "model", d, w, pass_k=name in ("grpo", "grpo_b0"))
     parallel(train, jobs)
     parallel(evals, jobs)
 
@@ -211,11 +226,45 @@ def run_probes(w: Path, seeds: list[int], jobs: int, names: list[str]) -> None:
     parallel(todo, jobs)
 
 
+EXPORT = ("sft_task", "grpo", "rft")
+
+
+def export() -> None:
+    """Seed-0 weights (bf16, ~4 MB each) under results/E1v3/models/, so anyone can re-evaluate them on other prompt
+    sets (`eval.py run --model results/E1v3/models/grpo --requests FILE.jsonl`) without retraining."""
+    import torch
+    from minirlvr import Tokenizer, Transformer
+    for name, src in [("base", BASE)] + [(a, OUT / a / "seed0" / "model") for a in EXPORT]:
+        dst = OUT / "models" / name
+        if (dst / "model.safetensors").is_file() or not (src / "config.json").is_file():
+            continue
+        Transformer.from_pretrained(src).save_pretrained(dst, dtype=torch.bfloat16)
+        Tokenizer.from_pretrained(src).save_pretrained(dst)
+        print(f"exported {src} -> {dst}")
+
+
+TEMPS = (0.7, 1.0, 1.2)
+
+
+def temps(w: Path, jobs: int) -> None:
+    """E5 on MiniWorld 3 (paper 1 Fig. 5): harmful and benign sets sampled once at each temperature, seed 0."""
+    todo = []
+    for name in ("base", *EXPORT):
+        d, model = (OUT / "base", BASE) if name == "base" else (OUT / name / "seed0", OUT / name / "seed0" / "model")
+        for t in TEMPS:
+            f = d / f"eval_T{t:g}.jsonl"
+            if model.is_dir() and not f.is_file():
+                todo.append((eval_cmd(model, f, w, 0, t, SAFETY_SETS), f.with_suffix(".log")))
+    parallel(todo, jobs)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["gonogo", "data", "select", "arms", "probes", "report", "all"])
+    ap.add_argument("stage", choices=["gonogo", "data", "select", "arms", "probes", "report", "export", "temps",
+                                          "all"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ALL_ARMS),
+                    help="default: the pre-registered arms; secondary: " + " ".join(SECONDARY))
     ap.add_argument("--jobs", type=int, default=2)
     a = ap.parse_args()
     w = world(3)
@@ -229,9 +278,13 @@ def main() -> None:
         run_arms(w, a.seeds, a.jobs, a.arms)
     if a.stage in ("probes", "all"):
         run_probes(w, a.seeds, a.jobs, a.arms)
+    if a.stage in ("temps", "all"):
+        temps(w, a.jobs)
+    if a.stage in ("export", "all"):
+        export()
     if a.stage in ("report", "all"):
         from e1v3_report import report
-        report(OUT, list(ARMS), a.seeds)
+        report(OUT, list(ALL_ARMS), a.seeds)
 
 
 if __name__ == "__main__":
