@@ -284,6 +284,11 @@ def start_training(cfg, stage: str) -> tuple[torch.device, dict | None]:
         if state["step"] >= cfg.steps:
             raise ConfigError(f"{ckpt}: the checkpoint is at step {state['step']} of {cfg.steps}: nothing to do "
                               f"(--steps N, N > {state['step']}, trains further)")
+        before = state["config"].get("steps", cfg.steps)
+        if before != cfg.steps and cfg.min_lr_frac < 1 and dist.rank() == 0:  # lr_at's cosine spans all steps
+            print(f"note: steps {before} -> {cfg.steps} stretches the cosine lr schedule from step {state['step']} "
+                  f"on: the lr jumps up, and the run is not the one --steps {cfg.steps} would have made",
+                  file=sys.stderr)
     for key in ("init", "ref"):
         if getattr(cfg, key, ""):
             model_dir(getattr(cfg, key), key)

@@ -30,7 +30,7 @@ from minirlvr import algos, dist
 from minirlvr.checkpoint import StopSignal, after_step, restore_training, save_checkpoint, start_training
 from minirlvr.config import ConfigError, check
 from minirlvr.data import prompt_of, read_many, record_kind, row_batch
-from minirlvr.metrics import REPORT_TO, MetricsLog, Progress
+from minirlvr.metrics import MetricsLog, Progress, check_report_to
 from minirlvr.model import Transformer
 from minirlvr.optim import apply_update, autocast, check_finite, lr_at, make_adamw, set_lr
 from minirlvr.rewards import gold_answer, load_reward
@@ -92,7 +92,7 @@ class GRPOConfig:
     def validate(self):
         """Every bad value fails here, naming its key, before any model is loaded."""
         tables = dict(advantage=algos.ADVANTAGES, loss=POLICY_LOSSES, agg=AGGREGATORS, kl_estimator=KL_ESTIMATORS,
-                      answer_mode=MATH_MODES, report_to=REPORT_TO)
+                      answer_mode=MATH_MODES)
         at_least_1 = ("prompts_per_step", "mu", "minibatches", "steps", "max_new_tokens")
         at_least_0 = ("micro_batch_size", "top_k", "lr", "warmup", "weight_decay", "grad_clip", "kl_coef",
                       "format_reward", "reward_workers", "stop_if_no_signal", "log_samples", "seed")
@@ -113,6 +113,7 @@ class GRPOConfig:
                 ("clip_low", self.clip_low, 0 <= self.clip_low < 1, "must be in [0, 1)"),
                 ("clip_high", self.clip_high, self.clip_high >= 0, "must be >= 0"),
                 ("save_every", self.save_every, self.save_every >= -1, "must be >= -1 (-1: every tenth of the steps)")])
+        check_report_to(self.report_to)
         try:
             load_reward(self.reward)
         except ValueError as e:

@@ -20,7 +20,7 @@ from minirlvr.checkpoint import (CheckpointError, StopSignal, after_step, restor
                                  start_training)
 from minirlvr.config import ConfigError, check
 from minirlvr.data import pack_examples, pretrain_stream, read_many, row_batch, sft_examples, stream_batch
-from minirlvr.metrics import REPORT_TO, MetricsLog, Progress
+from minirlvr.metrics import MetricsLog, Progress, check_report_to
 from minirlvr.model import SUPPORTED_MODEL_TYPES, ModelConfig, Transformer
 from minirlvr.optim import apply_update, autocast, check_finite, lr_at, make_adamw, set_lr
 from minirlvr.tokenizer import Tokenizer
@@ -57,8 +57,8 @@ class LMConfig:
             ("data", self.data, self.data or self.resume, "must list at least one JSONL file"),
             ("batch_size", self.batch_size, self.batch_size % self.grad_accum == 0, "must be divisible by 'grad_accum'"),
             ("min_lr_frac", self.min_lr_frac, 0 <= self.min_lr_frac <= 1, "must be in [0, 1]"),
-            ("save_every", self.save_every, self.save_every >= -1, "must be >= -1 (-1: every tenth of the steps)"),
-            ("report_to", self.report_to, self.report_to in REPORT_TO, f"must be one of {list(REPORT_TO)}")])
+            ("save_every", self.save_every, self.save_every >= -1, "must be >= -1 (-1: every tenth of the steps)")])
+        check_report_to(self.report_to)
 
 
 @dataclass

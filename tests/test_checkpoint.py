@@ -292,3 +292,38 @@ def test_math_rewards_follow_answer_mode_and_flexible_accuracy_is_logged(tmp_pat
     assert cfg.answer_mode == "flexible"
     with pytest.raises(ConfigError, match="answer_mode"):
         load_config(GRPOConfig, ["--init", "m", "--data", "d", "--answer_mode", "lenient"])
+
+
+def test_report_to_tensorboard_gets_every_row_and_is_closed(tiny, tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    import minirlvr.metrics as M
+    d, _, _ = tiny
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    assert train.main(cli_args(d, tmp_path / "none", 2) + ["--report_to", "tensorboard"]) == 2
+    assert "error: config: 'report_to' is 'tensorboard' but the tensorboard package is missing: pip install" \
+        in capsys.readouterr().err
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    seen = []
+
+    class Fake:
+        def __init__(self, log_dir, purge_step=None):
+            seen.append(("open", Path(log_dir).name, purge_step))
+
+        def write(self, row):
+            seen.append(("row", row["step"]))
+
+        def close(self):
+            seen.append(("close",))
+    monkeypatch.setattr(M, "TensorBoardWriter", Fake)
+    assert train.main(cli_args(d, tmp_path / "tb", 2) + ["--report_to", "tensorboard"]) == 0
+    assert seen == [("open", "tensorboard", None), ("row", 0), ("row", 1), ("close",)]
+
+
+def test_more_steps_on_a_cosine_schedule_says_the_lr_jumps(tiny, tmp_path, capsys):
+    d, _, chats = tiny
+    args = ["sft", "--init", str(d / "pt" / "model"), "--data", chats, "--batch_size", "4", "--block_size", "32",
+            "--progress", "false", "--out", str(tmp_path / "s")]
+    assert train.main(args + ["--steps", "2"]) == 0
+    assert train.main(["sft", "--resume", str(tmp_path / "s" / "model"), "--steps", "3"]) == 0
+    assert "note: steps 2 -> 3 stretches the cosine lr schedule from step 2 on" in capsys.readouterr().err
