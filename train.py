@@ -61,8 +61,9 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Stopped as e:  # a signal, or no learning signal: the checkpoint is saved
-        print(f"{e} after step {e.step}; saved {e.checkpoint}. Continue with:\n  "
-              f"{resume_command(argv[0], e.checkpoint, e.flags)}", file=sys.stderr)
+        if dist.rank() == 0:
+            print(f"{e} after step {e.step}; saved {e.checkpoint}. Continue with:\n  "
+                  f"{resume_command(argv[0], e.checkpoint, e.flags)}", file=sys.stderr)
         return e.code
     except KeyboardInterrupt:  # before the first step, or a second Ctrl-C
         print("\ninterrupted; nothing saved since the last checkpoint", file=sys.stderr)

@@ -266,45 +266,56 @@ RUN_FILES = ("config.json", "metrics.jsonl", "samples.jsonl", "model", "state", 
 
 
 def start_training(cfg, stage: str) -> tuple[torch.device, dict | None]:
-    """What every training loop does first: processes, device and seed; the model folders checked; on
-    --resume the checkpoint's config (resume_config, so that a chain of resumes continues the first run) and
-    state; an OUT that holds another run refused (or cleared with --overwrite); OUT/config.json. Returns
-    (device, the resumed state or None)."""
+    """What every training loop does first: processes, device and seed; on --resume the checkpoint's config and
+    state (else the model folders checked); OUT claimed for this run; OUT/config.json. Returns (device, the
+    resumed state or None)."""
     _, _, dev = dist.init()
     device = pick_device(str(dev) if dev else cfg.device)
     torch.manual_seed(cfg.seed)
-    state = None
-    if cfg.resume:
-        ckpt = model_dir(cfg.resume, "resume")
-        if (ckpt / "model" / "trainer_state.json").is_file():  # --resume OUT means OUT/model
-            ckpt = ckpt / "model"
-        cfg.resume = str(ckpt)
-        state = read_state(ckpt)
-        resume_config(cfg, state["config"], str(ckpt / "trainer_state.json"), stage)
-        if state["step"] >= cfg.steps:
-            raise ConfigError(f"{ckpt}: the checkpoint is at step {state['step']} of {cfg.steps}: nothing to do "
-                              f"(--steps N, N > {state['step']}, trains further)")
-        before = state["config"].get("steps", cfg.steps)
-        if before != cfg.steps and cfg.min_lr_frac < 1 and dist.rank() == 0:  # lr_at's cosine spans all steps
-            print(f"note: steps {before} -> {cfg.steps} stretches the cosine lr schedule from step {state['step']} "
-                  f"on: the lr jumps up, and the run is not the one --steps {cfg.steps} would have made",
-                  file=sys.stderr)
-    for key in ("init", "ref"):
+    state = resume(cfg, stage) if cfg.resume else None
+    for key in ("init", "ref") if state is None else ():
         if getattr(cfg, key, ""):
             model_dir(getattr(cfg, key), key)
+    claim_out(cfg, own=state is not None and Path(cfg.out).resolve() == Path(cfg.resume).parent.resolve())
+    return device, state
+
+
+def resume(cfg, stage: str) -> dict:
+    """The checkpoint's state, and its config in cfg (resume_config: so a chain of resumes continues the first
+    run, and a flag that would fork it is refused)."""
+    ckpt = model_dir(cfg.resume, "resume")
+    if (ckpt / "model" / "trainer_state.json").is_file():  # --resume OUT means OUT/model
+        ckpt = ckpt / "model"
+    cfg.resume = str(ckpt)
+    state = read_state(ckpt)
+    resume_config(cfg, state["config"], str(ckpt / "trainer_state.json"), stage)
+    if "out" not in getattr(cfg, "_given", {"out"}):  # the run goes on beside its checkpoint, wherever that is now
+        cfg.out = str(ckpt.parent)
+    if state["step"] >= cfg.steps:
+        raise ConfigError(f"{ckpt}: the checkpoint is at step {state['step']} of {cfg.steps}: nothing to do "
+                          f"(--steps N, N > {state['step']}, trains further)")
+    before = state["config"].get("steps", cfg.steps)
+    if before != cfg.steps and cfg.min_lr_frac < 1 and state["step"] > cfg.warmup and dist.rank() == 0:
+        print(f"note: steps {before} -> {cfg.steps} moves the end of the cosine lr decay; the steps before "
+              f"{state['step']} followed the {before}-step schedule, so this is not the run --steps {cfg.steps} "
+              "makes from the start", file=sys.stderr)
+    return state
+
+
+def claim_out(cfg, own: bool) -> None:
+    """A run never writes over another by accident: an OUT holding a run's files is refused unless --overwrite,
+    which deletes those files (only those: a launcher's log stays). A resume writes into its own run (own)."""
     out = Path(cfg.out)
-    found = [n for n in RUN_FILES if (out / n).exists()]
-    own = state is not None and out.resolve() == Path(cfg.resume).parent.resolve()
-    if found and not own and not cfg.overwrite:
+    found = [] if own else [n for n in RUN_FILES if (out / n).exists()]
+    if found and not cfg.overwrite:
         raise ConfigError(f"{out}: holds a run ({', '.join(found)}); --overwrite replaces it"
                           + (f", --resume {out / 'model'} continues it" if "model" in found else ""))
     dist.barrier()  # every rank has looked at OUT before rank 0 changes it
     if dist.rank() == 0:
-        for name in found if not own else ():
+        for name in found:
             shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.json")
-    return device, state
 
 
 def model_dir(path: str, key: str) -> Path:

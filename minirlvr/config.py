@@ -186,7 +186,7 @@ def resume_config(cfg, saved: dict, where: str, stage: str):
         raise ConfigError(f"{where}: the checkpoint is from stage {saved.get('stage')!r}, not {stage!r}")
     given = getattr(cfg, "_given", None)
     for f in dataclasses.fields(cfg):
-        if f.name == "resume" or f.name not in saved:
+        if f.name in ("resume", "overwrite") or f.name not in saved:  # what this command asks, never inherited
             continue
         mine, theirs = getattr(cfg, f.name), saved[f.name]
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default

@@ -319,20 +319,26 @@ def finish_step(run: Run, cfg: GRPOConfig, step: int, ro: Rollout, old_logp: Ten
     row.update({k: sum(s[k] for s in stats) / len(stats) for k in stats[0]})
     row.update(tokens_per_s=n_tok / dt, time_generate=t_gen, time_logprob=t_lp, time_update=t_up, time_s=dt)
     run.log.write(row)
-    for i in range(0, min(cfg.log_samples * G, len(records)), G):  # the first response to each of a few prompts
-        rec = records[i]
-        run.samples.write({"step": step, "where": rec.get("_where"), "prompt": prompt_of(rec),
-                           "response": ro.texts[i], "reward": float(ro.rewards[i]), "correct": bool(ro.correct[i]),
-                           "truncated": bool(truncated[i]),
-                           "gold": gold_answer(rec) if record_kind(rec) == "math" else None})
+    write_samples(run, cfg, step, ro, records, truncated)
     run.bar.update(step, reward=row["reward_mean"], acc=row["accuracy"], kl=row["kl"])
     code, flags = 130, ""
-    if no_signal(run, cfg, step, row, everyone, stage) and stop is None:
+    if no_signal(run, cfg, step, row, everyone, stage) and stop is None and step + 1 < cfg.steps:
         stop, code, flags = f"stopped: no learning signal in {cfg.stop_if_no_signal} steps in a row", 1, \
             "--stop_if_no_signal 0"
     after_step(cfg, step, lambda: save_checkpoint(Path(cfg.out), run.policy, run.opt, step + 1,
                                                   {"stage": stage, **dataclasses.asdict(cfg)}, run.tok, **critic),
                stop, code, flags)
+
+
+def write_samples(run: Run, cfg: GRPOConfig, step: int, ro: Rollout, records: list[dict], truncated: Tensor) -> None:
+    """OUT/samples.jsonl: the first response to each of the step's first log_samples prompts (this rank's), so a
+    user can read what was rewarded, and why not (a wrong answer, an answer format the reward cannot read, a cut)."""
+    for i in range(0, min(cfg.log_samples * cfg.group_size, len(records)), cfg.group_size):
+        rec = records[i]
+        run.samples.write({"step": step, "where": rec.get("_where"), "prompt": prompt_of(rec),
+                           "response": ro.texts[i], "reward": float(ro.rewards[i]), "correct": bool(ro.correct[i]),
+                           "truncated": bool(truncated[i]),
+                           "gold": gold_answer(rec) if record_kind(rec) == "math" else None})
 
 
 def no_signal(run: Run, cfg: GRPOConfig, step: int, row: dict, everyone: Tensor, stage: str) -> bool:

@@ -124,6 +124,18 @@ def test_resume_alone_continues_the_saved_config_and_may_only_change_resumable_k
     assert train.main(["grpo", "--resume", str(tmp_path / "b"), "--steps", "6"]) == 0  # OUT works as well as OUT/model
 
 
+def test_a_resume_continues_beside_its_checkpoint_from_any_folder(tiny, tmp_path, monkeypatch):
+    d, _, _ = tiny
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    args = cli_args(d, "run", 2)  # a relative --out, saved as such
+    args[args.index("tests.test_train:a_share")] = "test_train:a_share"  # importable from any folder
+    assert train.main(args) == 0
+    monkeypatch.chdir(tmp_path)
+    assert train.main(["grpo", "--resume", "here/run/model", "--steps", "3"]) == 0
+    assert len(metrics(tmp_path / "here" / "run")) == 3 and not (tmp_path / "run").exists()
+
+
 def test_an_out_holding_a_run_is_refused_unless_overwrite(tiny, tmp_path, capsys):
     d, _, _ = tiny
     out = tmp_path / "run"
@@ -140,6 +152,13 @@ def test_an_out_holding_a_run_is_refused_unless_overwrite(tiny, tmp_path, capsys
     (out / "state" / "stray").mkdir()
     assert train.main(cli_args(d, out, 3) + ["--overwrite", "true"]) == 0
     assert len(metrics(out)) == 3 and not (out / "state" / "stray").exists() and (out / "train.log").is_file()
+    # a resume writes into its own run; into another one only with --overwrite given again (never inherited)
+    other = tmp_path / "other"
+    assert train.main(cli_args(d, other, 2)) == 0
+    capsys.readouterr()
+    assert train.main(["grpo", "--resume", str(out / "model"), "--steps", "4", "--out", str(other)]) == 2
+    assert f"error: {other}: holds a run" in capsys.readouterr().err and len(metrics(other)) == 2
+    assert train.main(["grpo", "--resume", str(out / "model"), "--steps", "4"]) == 0 and len(metrics(out)) == 4
 
 
 def test_the_model_folder_holds_the_model_and_the_state_lives_beside_it(tiny, tmp_path):
@@ -269,6 +288,8 @@ def test_no_learning_signal_warns_logs_and_stops_after_n_steps(tiny, tmp_path, c
     assert len(samples) == 2 * 4 and [s["step"] for s in samples] == [0] * 4 + [1] * 4
     assert set(samples[0]) == {"step", "where", "prompt", "response", "reward", "correct", "truncated", "gold"}
     assert samples[0]["reward"] == 0.0 and re.fullmatch(r".*prompts\.jsonl:[1-4]", samples[0]["where"])
+    assert train.main(args + ["--steps", "2", "--out", str(tmp_path / "last"), "--stop_if_no_signal", "2"]) == 0
+    assert "stopped" not in capsys.readouterr().err  # at the last step a run simply ends (with its warnings)
 
 
 def always_zero(rec, text):
@@ -320,10 +341,22 @@ def test_report_to_tensorboard_gets_every_row_and_is_closed(tiny, tmp_path, monk
     assert seen == [("open", "tensorboard", None), ("row", 0), ("row", 1), ("close",)]
 
 
-def test_more_steps_on_a_cosine_schedule_says_the_lr_jumps(tiny, tmp_path, capsys):
+def test_more_steps_on_a_cosine_schedule_says_the_run_differs(tiny, tmp_path, capsys):
     d, _, chats = tiny
     args = ["sft", "--init", str(d / "pt" / "model"), "--data", chats, "--batch_size", "4", "--block_size", "32",
-            "--progress", "false", "--out", str(tmp_path / "s")]
-    assert train.main(args + ["--steps", "2"]) == 0
+            "--progress", "false", "--out", str(tmp_path / "s")]  # a later --out wins
+    assert train.main(args + ["--steps", "2", "--warmup", "2"]) == 0
     assert train.main(["sft", "--resume", str(tmp_path / "s" / "model"), "--steps", "3"]) == 0
-    assert "note: steps 2 -> 3 stretches the cosine lr schedule from step 2 on" in capsys.readouterr().err
+    assert "note" not in capsys.readouterr().err  # 2 warmup steps do not depend on the total: the same run
+    assert train.main(args + ["--steps", "2", "--warmup", "0", "--out", str(tmp_path / "c")]) == 0
+    assert train.main(["sft", "--resume", str(tmp_path / "c" / "model"), "--steps", "3"]) == 0
+    assert ("note: steps 2 -> 3 moves the end of the cosine lr decay; the steps before 2 followed the 2-step "
+            "schedule, so this is not the run --steps 3 makes from the start") in capsys.readouterr().err
+
+
+def test_a_checkpoint_is_saved_every_tenth_of_the_run_by_default():
+    from minirlvr.checkpoint import save_due
+    due = lambda **k: [s for s in range(k["steps"]) if save_due(GRPOConfig(init="m", data=["d"], **k), s)]
+    assert due(steps=50) == [4, 9, 14, 19, 24, 29, 34, 39, 44, 49]
+    assert due(steps=3) == [0, 1, 2] and due(steps=25) == [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 24]
+    assert due(steps=50, save_every=0) == [49] and due(steps=50, save_every=20) == [19, 39, 49]
