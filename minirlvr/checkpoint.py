@@ -27,6 +27,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -181,7 +182,8 @@ def save_checkpoint(out: Path, model, opt: torch.optim.Optimizer, step: int, con
     out = Path(out)
     sdir, mdir = state_dir(out / "model", step), out / "model"
     with atomic_dir(sdir, keep_others=False) as tmp:
-        state = {"step": step, "python_rng": _py_rng_to_json()}
+        v, internal, gauss = random.getstate()
+        state = {"step": step, "python_rng": [v, list(internal), gauss]}
         rng = {"torch_rng": torch.get_rng_state(), **({"cuda_rng": torch.cuda.get_rng_state()}
                                                        if torch.cuda.is_available() else {})}
         with writing(sdir / "rng.safetensors"):
@@ -255,11 +257,6 @@ def restore_training(state: dict | None, opt: torch.optim.Optimizer) -> int:
     return state["step"]
 
 
-def _py_rng_to_json():
-    v, internal, gauss = random.getstate()
-    return [v, list(internal), gauss]
-
-
 # ------------------------------------------------------------------------------------- a run's life
 
 RUN_FILES = ("config.json", "metrics.jsonl", "samples.jsonl", "model", "state", "tensorboard")
@@ -326,14 +323,10 @@ def model_dir(path: str, key: str) -> Path:
     return p
 
 
-def save_every(cfg) -> int:
-    """cfg.save_every, where -1 (the default) is a tenth of the run, so an interrupted run loses little."""
-    return max(1, cfg.steps // 10) if cfg.save_every < 0 else cfg.save_every
-
-
 def save_due(cfg, step: int) -> bool:
-    """Rank 0 saves every save_every steps (0: never) and after the last step."""
-    n = save_every(cfg)
+    """Rank 0 saves every save_every steps (0: never; -1, the default: a tenth of the run, so that an interrupted
+    run loses little) and after the last step."""
+    n = max(1, cfg.steps // 10) if cfg.save_every < 0 else cfg.save_every
     return dist.rank() == 0 and (step + 1 == cfg.steps or bool(n and (step + 1) % n == 0))
 
 
@@ -348,11 +341,13 @@ class Stopped(Exception):
 
 class StopSignal:
     """Within `with StopSignal() as signals:`, SIGINT (Ctrl-C) and SIGTERM only set a flag, which the loop
-    reads after each step (signals.requested), to save a checkpoint and stop. A second signal gets the old
-    handler (Ctrl-C: KeyboardInterrupt, SIGTERM: exit) for a user who cannot wait for the step to end."""
+    reads after each step (signals.requested), to save a checkpoint and stop. A second signal a second or more
+    later gets the old handler (Ctrl-C: KeyboardInterrupt, SIGTERM: exit), for a user who cannot wait for the
+    step to end; one within the second is the same request again (under torchrun a Ctrl-C reaches each worker
+    twice: from the terminal, and forwarded by torchrun)."""
 
     def __enter__(self):
-        self.got, self.old = None, {}
+        self.got, self.at, self.old = None, 0.0, {}
         if threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, signal.SIGTERM):
                 if signal.getsignal(s) is not signal.SIG_IGN:  # e.g. a background job's SIGINT stays ignored
@@ -360,12 +355,15 @@ class StopSignal:
         return self
 
     def _handle(self, signum, frame):
-        self.got = signal.Signals(signum).name
-        for s, h in self.old.items():
-            signal.signal(s, h)
-        if dist.rank() == 0:
-            print(f"\n{self.got}: saving a checkpoint after this step (again to stop at once)", file=sys.stderr,
-                  flush=True)
+        if self.got is None:
+            self.got, self.at = signal.Signals(signum).name, time.monotonic()
+            if dist.rank() == 0:
+                print(f"\n{self.got}: saving a checkpoint after this step (again to stop at once)", file=sys.stderr,
+                      flush=True)
+        elif time.monotonic() - self.at > 1.0:
+            self.__exit__()
+            old = self.old[signum]
+            old(signum, frame) if callable(old) else os.kill(os.getpid(), signum)
 
     def __exit__(self, *exc):
         for s, h in self.old.items():

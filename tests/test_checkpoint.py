@@ -360,3 +360,17 @@ def test_a_checkpoint_is_saved_every_tenth_of_the_run_by_default():
     assert due(steps=50) == [4, 9, 14, 19, 24, 29, 34, 39, 44, 49]
     assert due(steps=3) == [0, 1, 2] and due(steps=25) == [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 24]
     assert due(steps=50, save_every=0) == [49] and due(steps=50, save_every=20) == [19, 39, 49]
+
+
+def test_a_second_signal_within_a_second_is_the_same_request_and_a_later_one_acts_at_once():
+    from minirlvr.checkpoint import StopSignal
+    with StopSignal() as signals:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # torchrun forwards the terminal's Ctrl-C: the same request
+        time.sleep(0.05)
+        assert signals.requested(torch.device("cpu")) == "interrupted (SIGINT)"
+        time.sleep(1.1)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # the user again, later: stop now
+            time.sleep(0.5)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
