@@ -39,7 +39,7 @@ def main() -> int:
     print(f"[2/3] GRPO on math for {a.steps} steps ...", flush=True)
     sh([PY, "train.py", "grpo", "--init", str(BASE), "--data", str(w / "rl_math_train.jsonl"), "--out", str(out / "grpo"),
         "--steps", str(a.steps), "--prompts_per_step", "16", "--group_size", "8", "--lr", "2e-5", "--kl_coef", "0.05",
-        "--max_new_tokens", "96"])
+        "--max_new_tokens", "96", "--overwrite", "true"])  # a second `make demo` redoes the run
     print("[3/3] evaluating the trained policy ...", flush=True)
     sh(eval_cmd(out / "grpo" / "model", out / "grpo_eval.jsonl", w, a.limit, sets=sets), log=out / "grpo_eval.log")
     rows = {"base": summarize(load(out / "base_eval.jsonl")), "grpo": summarize(load(out / "grpo_eval.jsonl"))}

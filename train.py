@@ -1,14 +1,18 @@
-"""Training CLI: one stage per subcommand, one config dataclass per stage.
+"""Training CLI: one stage per subcommand, one config dataclass per stage (`python train.py STAGE --help`).
 
     python train.py pretrain --out runs/pt --data world/pretrain.jsonl --steps 1500
     python train.py sft      --out runs/sft --init runs/pt/model --data world/align_sft.jsonl
     python train.py grpo     --out runs/grpo --init runs/sft/model --data world/rl_math_train.jsonl --kl_coef 0.05
     python train.py ppo      --out runs/ppo --init runs/sft/model --data world/rl_math_train.jsonl
     python train.py grpo ... --config my.toml --lr 1e-5          # TOML first, then flags
-    python train.py grpo --resume runs/grpo/model --out runs/grpo ...   # continue exactly where it stopped
+    python train.py grpo --resume runs/grpo/model                # continue exactly where it stopped
+    python train.py grpo --resume runs/grpo/model --steps 80     # ... and train further
     torchrun --nproc_per_node 2 train.py grpo ...                # data parallel (gloo on CPU, nccl on GPU)
 
-The resolved config is saved beside every checkpoint (OUT/model/trainer_state.json) and in OUT/config.json.
+A run writes OUT/model (an HF folder), OUT/state (optimizer and RNG state, to resume), OUT/metrics.jsonl
+(and for RL OUT/samples.jsonl) and OUT/config.json, the resolved config. It saves a checkpoint every tenth of
+its steps by default; Ctrl-C (or SIGTERM) finishes the step, saves, prints the command that continues the run
+and exits with 130. An OUT that already holds a run is refused unless --overwrite.
 """
 
 from __future__ import annotations
@@ -18,9 +22,9 @@ import sys
 from pathlib import Path
 
 from minirlvr import dist
-from minirlvr.config import ConfigError, load_config
+from minirlvr.checkpoint import CheckpointError, Stopped, resume_command
+from minirlvr.config import ConfigError, config_help, load_config
 from minirlvr.data import DataError
-from minirlvr.model import CheckpointError
 
 # stage -> (module, config class, loop); a stage imports only its own module
 STAGES = {"pretrain": ("minirlvr.sft", "PretrainConfig", "pretrain"), "sft": ("minirlvr.sft", "SFTConfig", "sft"),
@@ -44,14 +48,26 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
-        for name in STAGES:
-            print(f"{name}: " + " ".join(f"--{f}" for f in stage_parts(name)[0].__dataclass_fields__))
+        print(f"stages: {', '.join(STAGES)}; `python train.py STAGE --help` lists a stage's keys")
+        return 0
+    if argv[0] in STAGES and any(a in ("-h", "--help") for a in argv[1:]):
+        print(f"python train.py {argv[0]} [--config FILE.toml] [--key value ...]\n\n"
+              f"keys (type, default, meaning); a list key takes every following value up to the next --key:\n"
+              + config_help(stage_parts(argv[0])[0]))
         return 0
     try:
         out = run(argv[0], argv[1:])
     except (ConfigError, DataError, CheckpointError) as e:  # bad input: one clear line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Stopped as e:  # a signal, or no learning signal: the checkpoint is saved
+        if dist.rank() == 0:
+            print(f"{e} after step {e.step}; saved {e.checkpoint}. Continue with:\n  "
+                  f"{resume_command(argv[0], e.checkpoint, e.flags)}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:  # before the first step, or a second Ctrl-C
+        print("\ninterrupted; nothing saved since the last checkpoint", file=sys.stderr)
+        return 130
     finally:
         dist.finish()
     print(out)

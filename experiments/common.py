@@ -161,9 +161,9 @@ def run_arms(out: Path, arms: dict, seeds: list[int], limit: int, jobs: int = 2,
             d = out / name / f"seed{s}"
             if (d / "eval.jsonl").is_file():
                 continue
-            if not (d / "model" / "trainer_state.json").is_file():
-                train_jobs.append(([PY, "train.py", *argv(s), "--out", str(d), "--seed", str(s), "--progress", "false"],
-                                   d / "train.log"))
+            if not finished(d):  # an interrupted run leaves a checkpoint short of its last step: start it over
+                train_jobs.append(([PY, "train.py", *argv(s), "--out", str(d), "--seed", str(s), "--progress", "false",
+                                    "--overwrite", "true"], d / "train.log"))
             eval_jobs.append((eval_cmd(d / "model", d / "eval.jsonl", w, limit, sets=sets, extra=eval_extra), d / "eval.log"))
     parallel(train_jobs, jobs)
     parallel(eval_jobs, jobs)

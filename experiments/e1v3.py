@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PY, ROOT, eval_cmd, parallel, world, write_json  # noqa: E402
+from common import PY, ROOT, eval_cmd, finished, parallel, world, write_json  # noqa: E402
 
 from minirlvr.data import read_jsonl  # noqa: E402
 from minirlvr.world.mathtasks import procedure_of  # noqa: E402
@@ -79,7 +79,7 @@ ALL_ARMS = {**ARMS, **SECONDARY}
 
 def train_argv(arm: Arm, lr: float, seed: int, out: Path) -> list[str]:
     common = ["--init", str(BASE), "--data", str(DATA / arm.data), "--steps", str(STEPS), "--lr", str(lr), *SCHEDULE,
-              "--seed", str(seed), "--out", str(out), "--progress", "false"]
+              "--seed", str(seed), "--out", str(out), "--progress", "false", "--overwrite", "true"]
     if arm.kind == "sft":
         return [PY, "train.py", "sft", *common, "--batch_size", str(PER_STEP), "--pack", "false", "--block_size",
                 "256", "--weight_decay", "0.0"]
@@ -168,7 +168,7 @@ def select_lrs(w: Path, jobs: int) -> dict:
     for name, arm in ARMS.items():
         for lr in arm.grid:
             d = OUT / "lr_search" / name / f"lr{lr:g}"
-            if not (d / "model" / "trainer_state.json").is_file():
+            if not finished(d):
                 train.append((train_argv(arm, lr, 0, d), d / "train.log"))
             if not (d / "dev.jsonl").is_file():
                 evals.append((eval_cmd(d / "model", d / "dev.jsonl", w, 0, sets=["math_dev"]), d / "dev.log"))
@@ -202,12 +202,12 @@ def run_arms(w: Path, seeds: list[int], jobs: int, names: list[str]) -> None:
         for s in seeds:
             d = OUT / name / f"seed{s}"
             search = OUT / "lr_search" / name / f"lr{lr:g}" / "model"
-            done = (d / "model" / "trainer_state.json").is_file()
-            if s == 0 and (search / "trainer_state.json").is_file() and not done:  # the selection run is seed 0
+            done = finished(d)
+            if s == 0 and finished(search.parent) and not done:  # the selection run is seed 0
                 shutil.rmtree(d / "model", ignore_errors=True)  # what an interrupted run may have left
                 shutil.copytree(search, d / "model")
                 shutil.copy2(search.parent / "metrics.jsonl", d / "metrics.jsonl")
-            if not (d / "model" / "trainer_state.json").is_file():
+            if not finished(d):
                 train.append((train_argv(arm, lr, s, d), d / "train.log"))
             evals += eval_jobs(d / "model", d, w, pass_k=name in ("grpo", "grpo_b0"))
     parallel(train, jobs)

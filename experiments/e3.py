@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (BASE, ROOT, arm_summary, curves_table, finish_report, report_plots, run_arms,  # noqa: E402
+from common import (BASE, ROOT, arm_summary, curves_table, finish_report, finished, report_plots, run_arms,  # noqa: E402
                     suite_table, summary_table, world, write_json)
 
 ARM_FLAGS = {
@@ -65,7 +65,7 @@ def reuse(src: Path, out: Path, seeds: list[int], a) -> dict:
     for arm in REUSABLE:
         for s in seeds:
             d_src, d = src / arm / f"seed{s}", out / arm / f"seed{s}"
-            if not (d_src / "model" / "trainer_state.json").is_file() or (d / "model" / "trainer_state.json").is_file():
+            if not finished(d_src) or finished(d):
                 continue
             cfg = json.loads((d_src / "config.json").read_text())
             bad = {k: (cfg.get(k), v) for k, v in expect.items() if cfg.get(k) != v}

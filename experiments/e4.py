@@ -70,9 +70,9 @@ def chain(size: str, dims, a, w: Path) -> None:
     for arm in ARMS:
         for s in a.seeds:
             d = res / arm / f"seed{s}"
-            if not (d / "model" / "trainer_state.json").is_file():
+            if not finished(d):
                 sh([PY, "train.py", *with_init(defs[arm](s), base), "--out", str(d), "--seed", str(s),
-                    "--progress", "false"], d / "train.log", threads=1)
+                    "--progress", "false", "--overwrite", "true"], d / "train.log", threads=1)
     evals = [(base, res / "base" / "eval.jsonl")] + [(res / arm / f"seed{s}" / "model", res / arm / f"seed{s}" / "eval.jsonl")
                                                      for arm in ARMS for s in a.seeds]
     for m, f in evals:

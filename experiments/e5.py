@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (EVAL_SETS, PY, ROOT, eval_cmd, fmt_ci, load, paired_vs_base, parallel, summarize,  # noqa: E402
+from common import (EVAL_SETS, PY, ROOT, eval_cmd, finished, fmt_ci, load, paired_vs_base, parallel, summarize,  # noqa: E402
                     train_metrics, world, write_json)
 from e1 import BASE_DIR, arms as e1_arms  # noqa: E402
 
@@ -46,9 +46,9 @@ def main() -> None:
     for arm in a.arms:
         d = out / arm / f"seed{a.seed}"
         models[arm] = d / "model"
-        if not (d / "model" / "trainer_state.json").is_file():
+        if not finished(d):
             train_jobs.append(([PY, "train.py", *defs[arm](a.seed), "--out", str(d), "--seed", str(a.seed),
-                                "--progress", "false"], d / "train.log"))
+                                "--progress", "false", "--overwrite", "true"], d / "train.log"))
     parallel(train_jobs, a.jobs)
     eval_jobs = []
     for t in a.temperatures:  # temperature-major, so an interrupted run has complete temperatures first

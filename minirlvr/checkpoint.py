@@ -1,21 +1,33 @@
 """Checkpoints without pickle: Hugging Face model directories (checked JSON, single or sharded safetensors,
-atomic writes; every error names the file and the field or tensor) and the trainer state beside them.
+atomic writes; every error names the file and the field or tensor), the trainer state beside them, and the
+life of a run: start (or resume), save, stop on a signal.
 
-Layout of `OUT/model/` (rewritten atomically: temp dir, then rename; a crash leaves the previous one):
-    config.json, model.safetensors        the model, loadable by transformers and Transformer.from_pretrained
-    tokenizer.json, tokenizer_config.json  the tokenizer
-    optimizer.safetensors                 AdamW moments and step counts, keyed "<param index>.<name>"
-    [critic/]                             PPO's critic, same format
-    trainer_state.json                    step, optimiser param groups, RNG state, the resolved config
+A run's folder OUT:
+    model/                  the HF folder a user uploads: config.json, model.safetensors, tokenizer files,
+                            generation_config.json (every stop id as eos), trainer_state.json (step, config)
+    state/step_000040/      what only resuming needs: optimizer.safetensors (AdamW moments and step counts,
+                            keyed "<param index>.<name>"), rng.safetensors, trainer_state.json (optimiser
+                            param groups, Python RNG), [critic/] (PPO's critic, its optimizer.safetensors)
+    config.json, metrics.jsonl, samples.jsonl, [tensorboard/]
+Each folder is rewritten atomically (temp dir, then rename). The state goes first and the model's
+trainer_state.json commits the step; the previous state/step_N is deleted only after that, so a crash at any
+point leaves a checkpoint that resumes. Checkpoints written before the state moved out keep it in model/,
+and still load.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import shlex
 import shutil
+import signal
+import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -23,7 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from minirlvr import dist
-from minirlvr.config import resume_config, save_config
+from minirlvr.config import ConfigError, resume_config, save_config
 from minirlvr.optim import pick_device
 
 
@@ -35,8 +47,8 @@ def read_json(file: Path) -> dict:
     if not file.is_file():
         raise CheckpointError(f"{file}: file not found")
     try:
-        d = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
+        d = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{file}: invalid JSON ({e})") from None
     if not isinstance(d, dict):
         raise CheckpointError(f"{file}: expected a JSON object")
@@ -45,6 +57,8 @@ def read_json(file: Path) -> dict:
 
 def read_tensors(file: Path, keys: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """A safetensors file's tensors; CheckpointError names the file (and the first of `keys` missing)."""
+    if not Path(file).is_file():
+        raise CheckpointError(f"{file}: file not found")
     try:
         tensors = load_file(str(file))
     except (SafetensorError, OSError, ValueError) as e:
@@ -88,12 +102,14 @@ def load_safetensors_dir(path: Path) -> dict[str, torch.Tensor]:
 class atomic_dir:
     """Context manager yielding a temp dir next to `path`; on success it replaces `path` in one rename.
 
-    A crash mid-write leaves the previous `path` intact (plus a stray .tmp dir), so nothing already
-    written is lost. Files already in `path` that the writer did not produce are carried over.
+    A crash or error mid-write removes the temp dir and leaves the previous `path` intact, so nothing already
+    written is lost. With keep_others, files already in `path` that the writer did not produce (e.g. tokenizer
+    files saved there by someone else) are carried over. The result gets the permissions of any new folder
+    (mkdtemp makes 0700 folders and safetensors 0600 files, which other users could not read).
     """
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    def __init__(self, path: Path, keep_others: bool = True):
+        self.path, self.keep_others = Path(path), keep_others
 
     def __enter__(self) -> Path:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,8 +120,14 @@ class atomic_dir:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return False
+        umask = os.umask(0)
+        os.umask(umask)
+        for d, _, files in os.walk(self.tmp):
+            os.chmod(d, 0o777 & ~umask)
+            for f in files:
+                os.chmod(os.path.join(d, f), 0o666 & ~umask)
         if self.path.exists():
-            for old in self.path.iterdir():  # keep e.g. tokenizer files saved there by someone else
+            for old in self.path.iterdir() if self.keep_others else ():
                 if not (self.tmp / old.name).exists():
                     if old.is_dir():
                         shutil.copytree(old, self.tmp / old.name)
@@ -119,6 +141,15 @@ class atomic_dir:
         else:
             os.rename(self.tmp, self.path)
         return False
+
+
+@contextlib.contextmanager
+def writing(file: Path):
+    """A failed write (full disk, file size limit, permissions) as one CheckpointError naming `file`."""
+    try:
+        yield
+    except (OSError, SafetensorError) as e:
+        raise CheckpointError(f"{file}: cannot write the checkpoint ({e}); the previous one is kept") from None
 
 
 # ------------------------------------------------------------------------------------- trainer state
@@ -145,67 +176,54 @@ def load_optimizer(opt: torch.optim.Optimizer, file: Path, param_groups: list[di
     opt.load_state_dict({"state": state, "param_groups": param_groups})
 
 
-def save_checkpoint(out: Path, model, opt: torch.optim.Optimizer | None, step: int, config: dict,
-                    tokenizer=None, critic=None, critic_opt=None, extra: dict | None = None) -> Path:
-    """Writes OUT/model atomically. Returns the checkpoint path."""
-    path = Path(out) / "model"
-    with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp / "staging")
+def save_checkpoint(out: Path, model, opt: torch.optim.Optimizer, step: int, config: dict, tokenizer,
+                    critic=None, critic_opt=None) -> Path:
+    """Writes OUT/state/step_N, then OUT/model (the commit), then drops older state. Returns OUT/model."""
+    out = Path(out)
+    sdir, mdir = state_dir(out / "model", step), out / "model"
+    with atomic_dir(sdir, keep_others=False) as tmp:
+        v, internal, gauss = random.getstate()
+        state = {"step": step, "python_rng": [v, list(internal), gauss]}
+        rng = {"torch_rng": torch.get_rng_state(), **({"cuda_rng": torch.cuda.get_rng_state()}
+                                                       if torch.cuda.is_available() else {})}
+        with writing(sdir / "rng.safetensors"):
+            save_file(rng, str(tmp / "rng.safetensors"))
+        tensors, state["param_groups"] = optimizer_tensors(opt)
+        with writing(sdir / "optimizer.safetensors"):
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+        if critic is not None:
+            with writing(sdir / "critic"):
+                critic.save_pretrained(tmp / "critic")
+            tensors, state["critic_param_groups"] = optimizer_tensors(critic_opt)
+            with writing(sdir / "critic" / "optimizer.safetensors"):
+                save_file(tensors, str(tmp / "critic" / "optimizer.safetensors"))
+        (tmp / "trainer_state.json").write_text(json.dumps(state) + "\n")
+    with atomic_dir(mdir, keep_others=False) as tmp:  # nothing carried over: an old layout's optimizer stays out
+        with writing(mdir / "model.safetensors"):
+            model.save_pretrained(tmp / "staging")
         for f in (tmp / "staging").iterdir():
             f.rename(tmp / f.name)
         (tmp / "staging").rmdir()
-        if tokenizer is not None:
+        with writing(mdir / "tokenizer.json"):
             tokenizer.save_pretrained(tmp)
-        state = {"step": step, "config": config, "python_rng": _py_rng_to_json(), **(extra or {})}
-        tensors = {"torch_rng": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            tensors["cuda_rng"] = torch.cuda.get_rng_state()
-        if opt is not None:
-            t, groups = optimizer_tensors(opt)
-            save_file(t, str(tmp / "optimizer.safetensors"))
-            state["param_groups"] = groups
-        if critic is not None:
-            critic.save_pretrained(tmp / "critic")
-            if critic_opt is not None:
-                t, groups = optimizer_tensors(critic_opt)
-                save_file(t, str(tmp / "critic" / "optimizer.safetensors"))
-                state["critic_param_groups"] = groups
-        save_file(tensors, str(tmp / "rng.safetensors"))
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
-    return path
+        generation = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.stop_ids,
+                      "pad_token_id": tokenizer.pad_token_id}  # transformers' generate stops at every stop id
+        (tmp / "generation_config.json").write_text(
+            json.dumps({k: v for k, v in generation.items() if v is not None}, indent=2) + "\n")
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "config": config}, indent=2) + "\n")
+    for old in sdir.parent.iterdir():
+        if old != sdir:
+            shutil.rmtree(old, ignore_errors=True)
+    return mdir
 
 
-def start_training(cfg, stage: str) -> tuple[torch.device, dict | None]:
-    """What every training loop does first: processes, device and seed; on --resume the checkpoint's config
-    (resume_config, so that a chain of resumes continues the first run) and state; OUT/config.json. Returns
-    (device, the resumed trainer_state.json or None)."""
-    _, _, dev = dist.init()
-    device = pick_device(str(dev) if dev else cfg.device)
-    torch.manual_seed(cfg.seed)
-    state = read_state(Path(cfg.resume)) if cfg.resume else None
-    if state is not None:
-        resume_config(cfg, state["config"], str(Path(cfg.resume) / "trainer_state.json"), stage)
-    if dist.rank() == 0:
-        Path(cfg.out).mkdir(parents=True, exist_ok=True)
-        save_config(cfg, Path(cfg.out) / "config.json")
-    return device, state
-
-
-def restore_training(ckpt: str, state: dict | None, opt: torch.optim.Optimizer) -> int:
-    """The optimiser and RNG state of a resumed run (state None: a new run); returns the step to start at."""
-    if state is None:
-        return 0
-    load_optimizer(opt, Path(ckpt) / "optimizer.safetensors", state["param_groups"])
-    restore_rng(Path(ckpt), state)
-    return state["step"]
-
-
-def save_due(cfg, step: int) -> bool:
-    """Rank 0 saves every save_every steps (0: never) and after the last step."""
-    return dist.rank() == 0 and (step + 1 == cfg.steps or bool(cfg.save_every and (step + 1) % cfg.save_every == 0))
+def state_dir(ckpt: Path, step: int) -> Path:
+    return Path(ckpt).parent / "state" / f"step_{step:06d}"
 
 
 def read_state(ckpt: Path) -> dict:
+    """The checkpoint's trainer state: step and config from model/trainer_state.json, merged with the state
+    folder's (optimiser param groups, Python RNG); "dir" is that folder (model/ itself in the old layout)."""
     f = Path(ckpt) / "trainer_state.json"
     if not f.is_file():
         raise CheckpointError(f"{f}: not found; --resume needs a directory written by train.py (OUT/model)")
@@ -213,18 +231,163 @@ def read_state(ckpt: Path) -> dict:
     for k in ("step", "config"):
         if k not in state:
             raise CheckpointError(f"{f}: field {k!r} is missing")
-    return state
+    if "param_groups" in state:  # the old layout: everything in model/
+        return {**state, "dir": Path(ckpt)}
+    sdir = state_dir(ckpt, state["step"])
+    if not sdir.is_dir():
+        raise CheckpointError(f"{sdir}: not found; the optimiser and RNG state of {ckpt} (step {state['step']}) "
+                              "live there, beside the model folder")
+    return {**read_json(sdir / "trainer_state.json"), **state, "dir": sdir}
 
 
-def restore_rng(ckpt: Path, state: dict) -> None:
-    t = read_tensors(Path(ckpt) / "rng.safetensors", ("torch_rng",))
+def restore_training(state: dict | None, opt: torch.optim.Optimizer) -> int:
+    """The optimiser and RNG state of a resumed run (state None: a new run); returns the step to start at."""
+    if state is None:
+        return 0
+    for k in ("param_groups", "python_rng"):
+        if k not in state:
+            raise CheckpointError(f"{state['dir'] / 'trainer_state.json'}: field {k!r} is missing")
+    load_optimizer(opt, state["dir"] / "optimizer.safetensors", state["param_groups"])
+    t = read_tensors(state["dir"] / "rng.safetensors", ("torch_rng",))
     torch.set_rng_state(t["torch_rng"])
     if "cuda_rng" in t and torch.cuda.is_available():
         torch.cuda.set_rng_state(t["cuda_rng"])
     v, internal, gauss = state["python_rng"]
     random.setstate((v, tuple(internal), gauss))
+    return state["step"]
 
 
-def _py_rng_to_json():
-    v, internal, gauss = random.getstate()
-    return [v, list(internal), gauss]
+# ------------------------------------------------------------------------------------- a run's life
+
+RUN_FILES = ("config.json", "metrics.jsonl", "samples.jsonl", "model", "state", "tensorboard")
+
+
+def start_training(cfg, stage: str) -> tuple[torch.device, dict | None]:
+    """What every training loop does first: processes, device and seed; on --resume the checkpoint's config and
+    state (else the model folders checked); OUT claimed for this run; OUT/config.json. Returns (device, the
+    resumed state or None)."""
+    _, _, dev = dist.init()
+    device = pick_device(str(dev) if dev else cfg.device)
+    torch.manual_seed(cfg.seed)
+    state = resume(cfg, stage) if cfg.resume else None
+    for key in ("init", "ref") if state is None else ():
+        if getattr(cfg, key, ""):
+            model_dir(getattr(cfg, key), key)
+    claim_out(cfg, own=state is not None and Path(cfg.out).resolve() == Path(cfg.resume).parent.resolve())
+    return device, state
+
+
+def resume(cfg, stage: str) -> dict:
+    """The checkpoint's state, and its config in cfg (resume_config: so a chain of resumes continues the first
+    run, and a flag that would fork it is refused)."""
+    ckpt = model_dir(cfg.resume, "resume")
+    if (ckpt / "model" / "trainer_state.json").is_file():  # --resume OUT means OUT/model
+        ckpt = ckpt / "model"
+    cfg.resume = str(ckpt)
+    state = read_state(ckpt)
+    resume_config(cfg, state["config"], str(ckpt / "trainer_state.json"), stage)
+    if "out" not in getattr(cfg, "_given", {"out"}):  # the run goes on beside its checkpoint, wherever that is now
+        cfg.out = str(ckpt.parent)
+    if state["step"] >= cfg.steps:
+        raise ConfigError(f"{ckpt}: the checkpoint is at step {state['step']} of {cfg.steps}: nothing to do "
+                          f"(--steps N, N > {state['step']}, trains further)")
+    before = state["config"].get("steps", cfg.steps)
+    if before != cfg.steps and cfg.min_lr_frac < 1 and state["step"] > cfg.warmup and dist.rank() == 0:
+        print(f"note: steps {before} -> {cfg.steps} moves the end of the cosine lr decay; the steps before "
+              f"{state['step']} followed the {before}-step schedule, so this is not the run --steps {cfg.steps} "
+              "makes from the start", file=sys.stderr)
+    return state
+
+
+def claim_out(cfg, own: bool) -> None:
+    """A run never writes over another by accident: an OUT holding a run's files is refused unless --overwrite,
+    which deletes those files (only those: a launcher's log stays). A resume writes into its own run (own)."""
+    out = Path(cfg.out)
+    found = [] if own else [n for n in RUN_FILES if (out / n).exists()]
+    if found and not cfg.overwrite:
+        raise ConfigError(f"{out}: holds a run ({', '.join(found)}); --overwrite replaces it"
+                          + (f", --resume {out / 'model'} continues it" if "model" in found else ""))
+    dist.barrier()  # every rank has looked at OUT before rank 0 changes it
+    if dist.rank() == 0:
+        for name in found:
+            shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.json")
+
+
+def model_dir(path: str, key: str) -> Path:
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        why = "no such directory" if not p.exists() else "not a model folder (no config.json)"
+        raise CheckpointError(f"{p}: {why}; --{key} takes a Hugging Face model folder")
+    return p
+
+
+def save_due(cfg, step: int) -> bool:
+    """Rank 0 saves every save_every steps (0: never; -1, the default: a tenth of the run, so that an interrupted
+    run loses little) and after the last step."""
+    n = max(1, cfg.steps // 10) if cfg.save_every < 0 else cfg.save_every
+    return dist.rank() == 0 and (step + 1 == cfg.steps or bool(n and (step + 1) % n == 0))
+
+
+class Stopped(Exception):
+    """The loop stopped before its last step, after saving a checkpoint; train.py prints the message and the
+    command that continues the run (with `flags`), and exits with `code`."""
+
+    def __init__(self, message: str, checkpoint: Path, step: int, code: int, flags: str = ""):
+        super().__init__(message)
+        self.checkpoint, self.step, self.code, self.flags = checkpoint, step, code, flags
+
+
+class StopSignal:
+    """Within `with StopSignal() as signals:`, SIGINT (Ctrl-C) and SIGTERM only set a flag, which the loop
+    reads after each step (signals.requested), to save a checkpoint and stop. A second signal a second or more
+    later gets the old handler (Ctrl-C: KeyboardInterrupt, SIGTERM: exit), for a user who cannot wait for the
+    step to end; one within the second is the same request again (under torchrun a Ctrl-C reaches each worker
+    twice: from the terminal, and forwarded by torchrun)."""
+
+    def __enter__(self):
+        self.got, self.at, self.old = None, 0.0, {}
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(s) is not signal.SIG_IGN:  # e.g. a background job's SIGINT stays ignored
+                    self.old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.got is None:
+            self.got, self.at = signal.Signals(signum).name, time.monotonic()
+            if dist.rank() == 0:
+                print(f"\n{self.got}: saving a checkpoint after this step (again to stop at once)", file=sys.stderr,
+                      flush=True)
+        elif time.monotonic() - self.at > 1.0:
+            self.__exit__()
+            old = self.old[signum]
+            old(signum, frame) if callable(old) else os.kill(os.getpid(), signum)
+
+    def __exit__(self, *exc):
+        for s, h in self.old.items():
+            signal.signal(s, h)
+        return False
+
+    def requested(self, device: torch.device) -> str | None:
+        """Why to stop, if any rank got a signal: every rank stops after the same step."""
+        anyone = self.got is not None
+        if dist.world_size() > 1:
+            anyone = float(dist.all_sum(torch.full((), float(anyone), device=device))) > 0
+        return f"interrupted ({self.got or 'a signal to another process'})" if anyone else None
+
+
+def after_step(cfg, step: int, save, stop: str | None = None, code: int = 130, flags: str = "") -> None:
+    """Rank 0 calls save() when due and before stopping; a stop reason (a signal, no learning signal) then ends
+    the run with Stopped."""
+    if dist.rank() == 0 and (stop or save_due(cfg, step)):
+        save()
+    if stop:
+        raise Stopped(stop, Path(cfg.out) / "model", step + 1, code, flags)
+
+
+def resume_command(stage: str, checkpoint: Path, flags: str = "") -> str:
+    launcher = f"torchrun --nproc_per_node {dist.world_size()}" if dist.world_size() > 1 else "python"
+    script = sys.argv[0] if sys.argv and sys.argv[0].endswith("train.py") else "train.py"
+    return " ".join([launcher, shlex.quote(script), stage, "--resume", shlex.quote(str(checkpoint)), flags]).strip()

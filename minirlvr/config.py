@@ -1,16 +1,21 @@
 """Configs are plain dataclasses; values come from defaults, then a TOML file, then `--key value` flags.
 
-    cfg = load_config(GRPOConfig, ["--config", "grpo.toml", "--lr", "1e-5"])
+    cfg = load_config(GRPOConfig, ["--config", "grpo.toml", "--lr", "1e-5", "--data", "a.jsonl", "my b.jsonl"])
 
-Every error names where the bad value came from (the TOML file or the command line) and the key.
-A resumed run takes its config from the checkpoint (resume_config); flags may only repeat it.
+A list flag takes every following argument up to the next `--key` and never splits one (paths may hold spaces
+and commas). TOML values must already have the field's type (`group_size = "8"` is refused); command-line
+strings are parsed. Every error names where the bad value came from (the TOML file or the command line) and
+the key. A resumed run takes its config from the checkpoint (resume_config); flags may only repeat it, except
+the RESUMABLE keys. `config_help` lists every key with its type, default and the comment beside its field.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import json
+import re
 import tomllib
 import types
 import typing
@@ -21,105 +26,155 @@ class ConfigError(ValueError):
     pass
 
 
-def _coerce(value, tp, where: str, key: str):
-    """Converts `value` (from TOML or a CLI string) to the field type `tp`, or raises naming the key."""
+def _coerce(value, tp, where: str, key: str, parse: bool):
+    """`value` as the field type `tp`, or ConfigError naming the key. parse=True: `value` is a command-line
+    string (or a list of them) to convert; parse=False: a TOML value, which must already have the type."""
     origin = typing.get_origin(tp)
+    bad = ConfigError(f"{where}: key {key!r} expects {_type_name(tp)}, got {value!r}")
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        if value is None or (parse and isinstance(value, str) and value.lower() in ("none", "null")):
             return None
-        for a in args:
+        for a in [a for a in typing.get_args(tp) if a is not type(None)]:
             try:
-                return _coerce(value, a, where, key)
+                return _coerce(value, a, where, key, parse)
             except ConfigError:
                 continue
-        raise ConfigError(f"{where}: key {key!r} expects {tp}, got {value!r}")
+        raise bad
     if origin in (list, tuple):
         (inner, *_) = typing.get_args(tp) or (str,)
-        if isinstance(value, str):
-            value = [v for v in value.replace(",", " ").split()]
+        if parse and isinstance(value, str):
+            value = [value]                        # `--data=x`: one item, never split
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: key {key!r} expects a list, got {value!r}")
-        return [_coerce(v, inner, where, key) for v in value]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            raise bad
+        return [_coerce(v, inner, where, key, parse) for v in value]
+    if parse and isinstance(value, str):
+        if tp is bool and value.lower() in ("true", "1", "yes", "false", "0", "no"):
             return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{where}: key {key!r} expects true/false, got {value!r}")
-    if tp in (int, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: key {key!r} expects {tp.__name__}, got {value!r}")
-        try:
-            out = tp(value) if isinstance(value, str) else value
-        except ValueError:
-            raise ConfigError(f"{where}: key {key!r} expects {tp.__name__}, got {value!r}") from None
-        if tp is int and isinstance(out, float):
-            if not out.is_integer():
-                raise ConfigError(f"{where}: key {key!r} expects int, got {value!r}")
-            out = int(out)
-        if not isinstance(out, (int, float)):
-            raise ConfigError(f"{where}: key {key!r} expects {tp.__name__}, got {value!r}")
-        return tp(out)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: key {key!r} expects a string, got {value!r}")
+        if tp in (int, float):
+            try:
+                return tp(value)
+            except ValueError:
+                raise bad from None
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)                        # TOML `lr = 1` is a float field's 1.0
+    if tp in (bool, int, float, str) and type(value) is tp:
         return value
-    raise ConfigError(f"{where}: key {key!r} has unsupported type {tp}")
+    if tp not in (bool, int, float, str):
+        raise ConfigError(f"{where}: key {key!r} has unsupported type {tp}")
+    raise bad
 
 
-def _apply(cfg, updates: dict, where: str):
-    hints = typing.get_type_hints(type(cfg))
-    names = [f.name for f in dataclasses.fields(cfg)]
+def _type_name(tp) -> str:
+    if typing.get_origin(tp) in (list, tuple):
+        return f"a list ({tp})"
+    return {bool: "true/false", int: "int", float: "float", str: "a string"}.get(tp, str(tp))
+
+
+def _fields(cls) -> dict[str, typing.Any]:
+    """Field name -> type of a config class."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _apply(cfg, updates: dict, where: str, parse: bool):
+    types_ = _fields(type(cfg))
     for key, value in updates.items():
         k = key.replace("-", "_")
-        if k not in hints or k not in names:
-            close = difflib.get_close_matches(k, names, n=1)
+        if k not in types_:
+            close = difflib.get_close_matches(k, list(types_), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"{where}: unknown key {key!r} for {type(cfg).__name__}{hint}")
-        setattr(cfg, k, _coerce(value, hints[k], where, k))
+        setattr(cfg, k, _coerce(value, types_[k], where, k, parse))
+
+
+def parse_flags(cls, argv: list[str]) -> dict[str, str | list[str]]:
+    """`--key value`, `--key=value`; a list key takes every following argument that does not start with `--`."""
+    lists = {k for k, tp in _fields(cls).items() if typing.get_origin(tp) in (list, tuple)}
+    out: dict[str, str | list[str]] = {}
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if not a.startswith("--"):
+            raise ConfigError(f"command line: expected --key value, got {a!r}")
+        key, eq, val = a[2:].partition("=")
+        i += 1
+        if key.replace("-", "_") in lists:
+            values = [val] if eq else []
+            while i < len(argv) and not argv[i].startswith("--"):
+                values.append(argv[i])
+                i += 1
+            if not values:
+                raise ConfigError(f"command line: key {a!r} has no value")
+            out[key] = values
+        elif eq:
+            out[key] = val
+        elif i < len(argv):
+            out[key], i = argv[i], i + 1
+        else:
+            raise ConfigError(f"command line: key {a!r} has no value")
+    return out
+
+
+def read_toml(file: Path) -> dict:
+    if not file.is_file():
+        raise ConfigError(f"{file}: config file not found")
+    raw = file.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{file}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); re-save it as UTF-8") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{file}: invalid TOML ({e})") from None
 
 
 def load_config(cls, argv: list[str]):
     """Builds `cls` from defaults, then `--config FILE.toml` (if given), then `--key value` pairs in argv."""
     cfg = cls()
-    args = list(argv)
-    cli: dict[str, str] = {}
-    toml_file = None
-    i = 0
-    while i < len(args):
-        a = args[i]
-        if not a.startswith("--"):
-            raise ConfigError(f"command line: expected --key value, got {a!r}")
-        if "=" in a:
-            key, val = a[2:].split("=", 1)
-            i += 1
-        else:
-            if i + 1 >= len(args):
-                raise ConfigError(f"command line: key {a!r} has no value")
-            key, val = a[2:], args[i + 1]
-            i += 2
-        if key == "config":
-            toml_file = Path(val)
-        else:
-            cli[key] = val
-    if toml_file is not None:
-        if not toml_file.is_file():
-            raise ConfigError(f"{toml_file}: config file not found")
-        try:
-            data = tomllib.loads(toml_file.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{toml_file}: invalid TOML ({e})") from None
-        _apply(cfg, data, str(toml_file))
-    _apply(cfg, cli, "command line")
-    cfg._given = {k.replace("-", "_") for k in [*cli, *(data if toml_file is not None else ())]}
+    flags = parse_flags(cls, argv)
+    toml = {}
+    if "config" in flags:
+        file = Path(flags.pop("config"))
+        toml = read_toml(file)
+        _apply(cfg, toml, str(file), parse=False)
+    _apply(cfg, flags, "command line", parse=True)
+    cfg._given = {k.replace("-", "_") for k in [*flags, *toml]}
     if hasattr(cfg, "validate"):
         cfg.validate()
     return cfg
 
 
-# What may differ between the pieces of a resumed run (e.g. more steps); everything else continues the saved config.
-RESUMABLE = ("out", "resume", "steps", "save_every", "progress", "device")
+def check(rules) -> None:
+    """rules: (key, value, ok, what); the first not ok raises one line naming the key (a config's validate())."""
+    for key, value, ok, what in rules:
+        if not ok:
+            raise ConfigError(f"config: {key!r} {what}, got {value!r}")
+
+
+def config_help(cls) -> str:
+    """One line per key: `--key TYPE (default ...)  the comment beside the field`."""
+    comments = {}
+    for klass in reversed(cls.__mro__[:-1]):       # a subclass's comment wins over its base's
+        for line in inspect.getsource(klass).splitlines():
+            m = re.match(r"\s{4}(\w+)\s*:[^#]*#\s*(.+)$", line)
+            if m:
+                comments[m.group(1)] = m.group(2).strip()
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        tp = typing.get_type_hints(cls)[f.name]
+        rows.append((f"--{f.name} {tp.__name__ if isinstance(tp, type) else tp}", json.dumps(default),
+                     comments.get(f.name, "")))
+    w0, w1 = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
+    return "\n".join(f"  {a:<{w0}}  {b:<{w1}}  {c}" for a, b, c in rows)
+
+
+# What may differ between the pieces of a resumed run: where it writes, how far it goes, how it reports, and
+# memory knobs that leave the update the same (up to float rounding). Any other key continues the saved config.
+RESUMABLE = ("out", "resume", "overwrite", "steps", "save_every", "progress", "device", "report_to",
+             "stop_if_no_signal", "log_samples", "micro_batch_size", "grad_accum", "reward_workers")
 
 
 def resume_config(cfg, saved: dict, where: str, stage: str):
@@ -131,7 +186,7 @@ def resume_config(cfg, saved: dict, where: str, stage: str):
         raise ConfigError(f"{where}: the checkpoint is from stage {saved.get('stage')!r}, not {stage!r}")
     given = getattr(cfg, "_given", None)
     for f in dataclasses.fields(cfg):
-        if f.name == "resume" or f.name not in saved:
+        if f.name in ("resume", "overwrite") or f.name not in saved:  # what this command asks, never inherited
             continue
         mine, theirs = getattr(cfg, f.name), saved[f.name]
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
@@ -140,7 +195,8 @@ def resume_config(cfg, saved: dict, where: str, stage: str):
                 continue
             if mine != theirs:
                 raise ConfigError(f"{where}: key {f.name!r} is {theirs!r} in the checkpoint but {mine!r} here; a "
-                                  "resumed run continues the saved one (leave the key out)")
+                                  f"resumed run continues the saved one (leave the key out; only "
+                                  f"{', '.join(k for k in RESUMABLE if k not in ('out', 'resume'))} may change)")
         setattr(cfg, f.name, theirs)
     return cfg
 

@@ -23,7 +23,8 @@ class DataError(ValueError):
     pass
 
 
-NEEDS = ("pretrain", "sft", "rl", "eval")   # what the records will be used for (see check_record)
+# what the records will be used for (see check_record); "prompt": RL with a plug-in reward, which scores any prompt
+NEEDS = ("pretrain", "sft", "rl", "prompt", "eval")
 
 
 def text_lines(path: str | Path) -> list[str]:
@@ -98,6 +99,8 @@ def check_record(rec: dict, need: str) -> None:
             raise DataError(f"{where}: the chat has no non-empty assistant turn to train on")
         return
     prompt_of(rec)
+    if need == "prompt":
+        return
     kind = record_kind(rec)
     if kind is None:
         raise DataError(f"{where}: cannot tell how to score this record: it needs 'answer' (math), "

@@ -74,6 +74,11 @@ def shard(n: int) -> slice:
     return slice(r * n // w, (r + 1) * n // w)
 
 
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
 def broadcast_params(model: torch.nn.Module) -> None:
     if world_size() > 1:
         for p in model.parameters():

@@ -3,6 +3,7 @@ with rate and ETA."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import sys
@@ -10,6 +11,16 @@ import time
 from pathlib import Path
 
 REPORT_TO = ("", "none", "tensorboard")   # values of a loop's --report_to
+
+
+def check_report_to(value: str) -> None:
+    """A config's report_to, refused in one line before any model loads (an unknown value, a missing package)."""
+    from minirlvr.config import ConfigError
+    if value not in REPORT_TO:
+        raise ConfigError(f"config: 'report_to' must be one of {list(REPORT_TO)}, got {value!r}")
+    if value == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("config: 'report_to' is 'tensorboard' but the tensorboard package is missing: "
+                          "pip install tensorboard")
 
 
 class MetricsLog:

@@ -59,7 +59,15 @@ def check_finite(loss: torch.Tensor, step: int) -> None:
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    """The torch device for the `device` key; one this torch build cannot use is one line, not an assert."""
+    from minirlvr.config import ConfigError
+    try:
+        device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    except RuntimeError:
+        raise ConfigError(f"config: 'device' must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else "a CUDA build, but no GPU is visible"
+        raise ConfigError(f"config: 'device' is {name!r} but torch {torch.__version__} is {build}; use cpu or auto")
     if device.type == "cuda":  # fp32 matmuls on TF32 tensor cores (10 mantissa bits, fp32 range and sums)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -14,6 +14,7 @@ the policy moves from the reference stays a question of the policy loss and the 
 from __future__ import annotations
 
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,8 +24,8 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from minirlvr import dist
-from minirlvr.checkpoint import load_optimizer, read_tensors
-from minirlvr.config import ConfigError
+from minirlvr.checkpoint import StopSignal, load_optimizer, read_tensors
+from minirlvr.config import ConfigError, check
 from minirlvr.grpo import (GRPOConfig, by_micro_batch, finish_step, frozen_logprobs, global_minibatches, loss_config,
                            micro_batches, policy_step, start_run, step_rollout)
 from minirlvr.model import Transformer
@@ -36,16 +37,21 @@ Tensor = torch.Tensor
 
 @dataclass
 class PPOConfig(GRPOConfig):
-    out: str = "runs/ppo"
-    gamma: float = 1.0
-    lam: float = 0.95
-    vf_coef: float = 0.5
-    value_clip: float = 0.2
-    critic_lr: float = 1e-4
+    out: str = "runs/ppo"          # run folder: model/, state/ (with the critic), metrics.jsonl, samples.jsonl
+    gamma: float = 1.0             # discount over response tokens
+    lam: float = 0.95              # GAE lambda
+    vf_coef: float = 0.5           # weight of the value loss
+    value_clip: float = 0.2        # clip of the value change per update (PPO2)
+    critic_lr: float = 1e-4        # the critic's learning rate (AdamW, constant)
     min_group_size = 1             # not a field: the critic is the baseline, no group is needed
 
     def validate(self):
         super().validate()
+        check([("gamma", self.gamma, 0 <= self.gamma <= 1, "must be in [0, 1]"),
+               ("lam", self.lam, 0 <= self.lam <= 1, "must be in [0, 1]"),
+               ("vf_coef", self.vf_coef, self.vf_coef >= 0, "must be >= 0"),
+               ("value_clip", self.value_clip, self.value_clip > 0, "must be > 0"),
+               ("critic_lr", self.critic_lr, self.critic_lr >= 0, "must be >= 0")])
         for key in ("advantage", "filter_zero_variance", "kl_in_reward"):  # GRPO's, meaningless here
             if getattr(self, key) != getattr(GRPOConfig, key):
                 raise ConfigError(f"config: {key!r} has no effect in PPO (critic advantages, KL in the reward)")
@@ -160,45 +166,49 @@ def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor
 def train_ppo(cfg: PPOConfig) -> Path:
     run = start_run(cfg, "ppo")
     policy, ref, opt, device = run.policy, run.ref, run.opt, run.device
-    critic = Critic.from_pretrained(Path(cfg.resume) / "critic" if cfg.resume else cfg.init, device=device)
+    # the critic is training state, not part of the model a user uploads: OUT/state/step_N/critic
+    critic = Critic.from_pretrained(run.state["dir"] / "critic" if run.state else cfg.init, device=device)
     critic_opt = make_adamw(critic.parameters(), cfg.critic_lr, 0.0)
     if run.state is not None:
-        load_optimizer(critic_opt, Path(cfg.resume) / "critic" / "optimizer.safetensors",
+        load_optimizer(critic_opt, run.state["dir"] / "critic" / "optimizer.safetensors",
                        run.state["critic_param_groups"])
     lcfg = loss_config(cfg, 0.0)  # the KL is in the per-token reward, not in the loss
 
-    for step in range(run.start, cfg.steps):
-        t0 = time.time()
-        # 1. rollout
-        ro = step_rollout(run, cfg, step)
-        batch, mask = ro.batch, ro.batch.response_mask
-        t_gen = time.time() - t0
+    with StopSignal() as signals, closing(run.log), closing(run.samples):  # as train_grpo
+        for step in range(run.start, cfg.steps):
+            t0 = time.time()
+            # 1. rollout
+            ro = step_rollout(run, cfg, step)
+            batch, mask = ro.batch, ro.batch.response_mask
+            t_gen = time.time() - t0
 
-        # 2. old and reference log-probs, and the critic's values, no grad
-        with torch.no_grad(), autocast(device, cfg.bf16):
-            old_logp = frozen_logprobs(policy, batch, cfg)
-            ref_logp = frozen_logprobs(ref, batch, cfg) if ref is not None else None
-            old_values = by_micro_batch(lambda rows: response_values(critic, batch, rows), batch, cfg)
-        t_lp = time.time() - t0 - t_gen
+            # 2. old and reference log-probs, and the critic's values, no grad
+            with torch.no_grad(), autocast(device, cfg.bf16):
+                old_logp = frozen_logprobs(policy, batch, cfg)
+                ref_logp = frozen_logprobs(ref, batch, cfg) if ref is not None else None
+                old_values = by_micro_batch(lambda rows: response_values(critic, batch, rows), batch, cfg)
+            t_lp = time.time() - t0 - t_gen
 
-        # 3. advantages: GAE over KL-penalised per-token rewards, whitened over all ranks
-        token_rewards = kl_penalised_rewards(ro.rewards, old_logp, old_logp if ref_logp is None else ref_logp, mask,
-                                             cfg.kl_coef if ref_logp is not None else 0.0)
-        advantages, returns = gae(token_rewards, old_values, mask, cfg.gamma, cfg.lam)
-        advantages = whiten(advantages, mask, dist.all_sum)
+            # 3. advantages: GAE over KL-penalised per-token rewards, whitened over all ranks
+            token_rewards = kl_penalised_rewards(ro.rewards, old_logp, old_logp if ref_logp is None else ref_logp, mask,
+                                                 cfg.kl_coef if ref_logp is not None else 0.0)
+            advantages, returns = gae(token_rewards, old_values, mask, cfg.gamma, cfg.lam)
+            advantages = whiten(advantages, mask, dist.all_sum)
 
-        # 4. update: per minibatch one policy step, then one critic step
-        policy.train()
-        set_lr(opt, lr_at(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_frac))
-        stats = []
-        for epoch in range(cfg.mu):
-            for rows in global_minibatches(len(ro.rewards), cfg.minibatches, cfg.seed * 7919 + step):
-                s = policy_step(policy, opt, batch, rows, old_logp, ref_logp, advantages, mask, cfg, lcfg, step, False)
-                s["value_loss"] = critic_step(critic, critic_opt, batch, rows, old_values, returns, mask, cfg, step)
-                stats.append(s)
-        t_up = time.time() - t0 - t_gen - t_lp
-        finish_step(run, cfg, step, ro, old_logp, ref_logp, stats, (time.time() - t0, t_gen, t_lp, t_up), "ppo",
-                    critic=critic, critic_opt=critic_opt)
+            # 4. update: per minibatch one policy step, then one critic step
+            policy.train()
+            set_lr(opt, lr_at(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_frac))
+            stats = []
+            for epoch in range(cfg.mu):
+                for rows in global_minibatches(len(ro.rewards), cfg.minibatches, cfg.seed * 7919 + step):
+                    s = policy_step(policy, opt, batch, rows, old_logp, ref_logp, advantages, mask, cfg, lcfg, step,
+                                    False)
+                    s["value_loss"] = critic_step(critic, critic_opt, batch, rows, old_values, returns, mask, cfg,
+                                                  step)
+                    stats.append(s)
+            t_up = time.time() - t0 - t_gen - t_lp
+            finish_step(run, cfg, step, ro, old_logp, ref_logp, stats, (time.time() - t0, t_gen, t_lp, t_up), "ppo",
+                        signals.requested(device), critic=critic, critic_opt=critic_opt)
     return Path(cfg.out) / "model"
 
 

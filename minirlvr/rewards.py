@@ -1,10 +1,12 @@
 """Verifiable rewards: what a response to a prompt record is worth.
 
-The task reward comes from the record itself, never from how the model was trained:
-    record has "answer"  -> math: verify_math (1 if the last '#### N' / \\boxed{N} equals the answer)
-    record has "tests"   -> code: share of hidden tests passed in the sandbox
-    record has "kind"    -> a request (safety RL, paper 2): harmful -> (5 - judge score) / 4 on thinking+answer;
-                            benign -> 1 unless the answer refuses (so refusing everything is not a free win)
+The task reward comes from the record itself (data.record_kind), never from how the model was trained:
+    "math"     record has "answer": verify_math (1 if the final answer equals it), in the answer mode the
+               RL config's answer_mode put on the record as "_answer_mode" (strict '#### N' / \\boxed{N} if
+               absent; "flexible" also takes the last number, as real instruct models answer)
+    "code"     record has "tests": share of hidden tests passed in the sandbox
+    "harmful"  a request (safety RL, paper 2): (5 - judge score) / 4 on thinking+answer
+    "benign"   1 unless the answer refuses (so refusing everything is not a free win)
 `--reward package.module:function` plugs in any `(record: dict, response: str) -> float` instead (called from
 worker threads: keep it free of shared state).
 Optional shaping, each with its own weight in the RL config: a format reward (a final '#### N' line for math,
@@ -18,6 +20,8 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
+
+from minirlvr.data import record_kind
 
 RewardFn = Callable[[dict, str], float]
 
@@ -39,17 +43,18 @@ def gold_answer(rec: dict):
 
 
 def task_reward(rec: dict, response: str) -> float:
-    if "answer" in rec and rec["answer"] is not None and "tests" not in rec:
+    kind = record_kind(rec)
+    if kind == "math":
         from minirlvr.verifier import verify_math
-        return verify_math(response, gold_answer(rec))
-    if "tests" in rec:
+        return verify_math(response, gold_answer(rec), rec.get("_answer_mode", "strict"))
+    if kind == "code":
         from minirlvr.verifier import extract_code, run_code
         code = extract_code(response)
         return run_code(code, rec["tests"]).pass_rate if code else 0.0
-    if rec.get("kind") in ("harmful", "benign"):
+    if kind in ("harmful", "benign"):
         from minirlvr.judge import judge_reasoning
         j = judge_reasoning(rec.get("prompt", ""), response, rec.get("topic"))
-        if rec["kind"] == "harmful":
+        if kind == "harmful":
             return (5 - j.full.score) / 4
         return 0.0 if j.answer.refused else 1.0
     raise ValueError(f"{rec.get('_where', 'record')}: cannot tell how to reward it (needs 'answer', 'tests' or 'kind')")
@@ -77,9 +82,9 @@ def format_reward(rec: dict, response: str) -> float:
     ok = True
     if "<think>" in response or rec.get("reasoning"):
         ok &= bool(_THINK.match(response))
-    if "answer" in rec and "tests" not in rec:
+    if record_kind(rec) == "math":
         ok &= bool(_MATH_FINAL.search(response.strip()))
-    elif "tests" in rec:
+    elif record_kind(rec) == "code":
         ok &= "```" in response
     return float(ok)
 

@@ -126,10 +126,11 @@ def test_collectives_get_tensors_on_the_training_device(base, init, monkeypatch,
     monkeypatch.setattr(dist, "all_sum", spy_all_sum)
     monkeypatch.setattr(torch.distributed, "all_reduce", lambda t, *a, **k: None)
     monkeypatch.setattr(torch.distributed, "all_gather", lambda out, t: [o.copy_(t) for o in out])
+    monkeypatch.setattr(torch.distributed, "barrier", lambda *a, **k: None)
     rl = ["--init", str(init), "--data", str(d / "prompts.jsonl"), *RL_ARGS, "--steps", "1",
-          "--reward", "test_train:a_share", "--out", str(tmp_path / "rl")]
-    G.train_grpo(load_config(G.GRPOConfig, rl))
-    train_ppo(load_config(PPOConfig, rl))
+          "--reward", "test_train:a_share"]
+    G.train_grpo(load_config(G.GRPOConfig, rl + ["--out", str(tmp_path / "grpo")]))
+    train_ppo(load_config(PPOConfig, rl + ["--out", str(tmp_path / "ppo")]))
     chats = write_jsonl(tmp_path / "chats.jsonl", [{"messages": [{"role": "user", "content": "hi"},
                                                                  {"role": "assistant", "content": "the cat"}]}] * 8)
     S.sft(load_config(S.SFTConfig, ["--init", str(init), "--data", chats, "--steps", "1", "--batch_size", "4",

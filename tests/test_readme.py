@@ -7,6 +7,7 @@ clone (symlinks to the repository's files, its own runs/), with the venv's progr
 for the reason in SKIP; the real-model commands run when MINIRLVR_SMOLLM2 and MINIRLVR_GSM8K are set.
 """
 
+import json
 import os
 import re
 import subprocess
@@ -19,8 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 SECTIONS = ("minirlvr", "Use", "Real models", "Tests")   # "minirlvr": the top of the README
 
-# (pattern, replacement): training and evaluation budgets cut to what checks that a command works
-TINY = [(r"--steps \d+", "--steps 2"), (r"--prompts_per_step \d+", "--prompts_per_step 2"),
+# (pattern, replacement): training and evaluation budgets cut to what checks that a command works; steps
+# shrink in proportion, so that a resume with more steps still has steps to do
+TINY = [(r"--steps (\d+)", lambda m: f"--steps {max(1, int(m.group(1)) // 20)}"),
+        (r"--prompts_per_step \d+", "--prompts_per_step 2"),
         (r"--group_size \d+", "--group_size 2"), (r"--limit \d+", "--limit 1"),
         (r"--max_new_tokens \d+", "--max_new_tokens 16")]
 # a command containing the key is not run, for the reason given (each key must still match a command)
@@ -31,9 +34,6 @@ SKIP = {
     "hf download": "downloads from the network",
     "load_dataset": "downloads from the network",
     "python -m pytest": "the test suite itself",
-    # the checkpoint flag is being redesigned (issue 17, phase 2: `--resume DIR` alone continues with the
-    # saved config); the command runs today, and the test of train.py checks exact resume
-    "--resume": "resume is being redesigned",
 }
 # README paths that stand for downloaded files, and the variable that points the test at a local copy
 REAL = {"models/SmolLM2-135M-Instruct": "MINIRLVR_SMOLLM2", "data/gsm8k": "MINIRLVR_GSM8K"}
@@ -104,6 +104,9 @@ def test_readme_commands_run_in_order(tmp_path):
         assert p.returncode == 0, f"README command failed:\n{tiny(cmd)}\n{p.stdout[-1500:]}\n{p.stderr[-3000:]}"
         ran.append(cmd)
     assert any("train.py grpo" in c for c in ran) and any("eval.py compare" in c for c in ran)
+    assert any("--resume" in c for c in ran)
+    state = json.loads((work / "runs/grpo/model/trainer_state.json").read_text())
+    assert state["step"] == 4 and state["config"]["steps"] == 4   # 60 // 20 steps, then resumed to 80 // 20
     for made in ("runs/grpo/curves.png", "runs/eval/miniworld-base.jsonl", "runs/eval/grpo.jsonl",
                  "runs/grpo_ddp/model/config.json"):
         assert (work / made).is_file(), made
