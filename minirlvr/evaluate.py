@@ -135,7 +135,7 @@ def judge_rows(recs: list[dict], responses: list[str], reasoning: bool) -> list[
     return [judge_row(rec, text, reasoning, results.get(i)) for i, (rec, text) in enumerate(zip(recs, responses))]
 
 
-def response_entropy(model, prompts: list[list[int]], responses: list[list[int]]) -> list[list[float]]:
+def response_entropy(model, prompts: list[list[int]], responses: list[list[int]], pack: bool = False) -> list[list[float]]:
     """Entropy (nats, temperature 1) of the policy's next-token distribution at each response token.
 
     Row r gets len(responses[r]) values; value t is H(pi(. | prompt, response[:t])), the distribution the
@@ -145,8 +145,8 @@ def response_entropy(model, prompts: list[list[int]], responses: list[list[int]]
     from minirlvr.rollout import response_logprobs
     from minirlvr.sampler import build_batch
     with torch.no_grad():
-        _, ent = response_logprobs(model, build_batch(prompts, responses, device=next(model.parameters()).device),
-                                   with_entropy=True)
+        batch = build_batch(prompts, responses, device=next(model.parameters()).device, pack=pack)
+        _, ent = response_logprobs(model, batch, with_entropy=True)
     return [e[:len(r)].tolist() for e, r in zip(ent.cpu(), responses)]
 
 
@@ -173,12 +173,14 @@ def entropy_fields(tok, response_ids: list[int], ent: list[float]) -> dict:
 
 def evaluate(model, tok, sets: dict[str, list[dict]], temperature: float = 0.0, max_new_tokens: int = 128,
              batch_size: int = 64, seed: int = 0, samples: int = 1, reasoning: bool = False, system: str = "",
-             progress: bool = False, entropy: bool = False, on_rows=None) -> list[dict]:
+             progress: bool = False, entropy: bool = False, on_rows=None, fast: bool = False) -> list[dict]:
     """Generates for every record of every set and judges it. `samples` > 1 draws that many responses per
     prompt (use temperature > 0) for pass@k; each becomes a row with the same id and its own `sample` index.
     entropy=True adds the policy's token entropies along each response (see entropy_fields).
     on_rows(rows) is called with each batch's rows as soon as they are judged (eval.py writes them to disk
-    then, so an interrupted evaluation keeps what it finished); progress=True shows a line with rate and ETA."""
+    then, so an interrupted evaluation keeps what it finished); progress=True shows a line with rate and ETA.
+    fast: the sampler's and the log-probs' speed paths (generate(fast=True), Batch.pack): the same distributions,
+    other rounding and another random stream, so rows differ from fast=False's, reproducibly."""
     import torch
     from minirlvr.metrics import Progress
     from minirlvr.sampler import generate
@@ -191,9 +193,9 @@ def evaluate(model, tok, sets: dict[str, list[dict]], temperature: float = 0.0, 
             prompts = [chat_prompt_ids(tok, r, system or None) for r in chunk]
             with torch.no_grad():
                 out = generate(model, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                               stop_ids=tok.stop_ids, seed=seed + b, num_samples=samples)
+                               stop_ids=tok.stop_ids, seed=seed + b, num_samples=samples, fast=fast)
             if entropy:
-                ents = response_entropy(model, [prompts[pi] for pi in out.prompt_index], out.tokens)
+                ents = response_entropy(model, [prompts[pi] for pi in out.prompt_index], out.tokens, fast)
             texts = [tok.decode(toks, skip_special_tokens=True) for toks in out.tokens]
             judged = judge_rows([chunk[pi] for pi in out.prompt_index], texts, reasoning)
             batch = []

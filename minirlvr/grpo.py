@@ -74,6 +74,7 @@ class GRPOConfig:
     agg: str = "token_mean"        # a key of kernels.AGGREGATORS
     filter_zero_variance: bool = False  # drop groups whose rewards are all equal (no signal) from the loss
     bf16: bool = False
+    fast: bool = False             # speed (issue 16): same math, other rounding and random stream (rollout.py)
     seed: int = 0
     save_every: int = 0
     device: str = "auto"
