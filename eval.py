@@ -90,7 +90,7 @@ def cmd_run(a) -> int:
         try:
             rows = evaluate(model, tok, sets, temperature=a.temperature, max_new_tokens=a.max_new_tokens,
                             batch_size=a.batch_size, seed=a.seed, samples=a.samples, reasoning=a.reasoning,
-                            system=a.system, progress=True, entropy=a.entropy, on_rows=write)
+                            system=a.system, progress=True, entropy=a.entropy, on_rows=write, fast=a.fast)
         except KeyboardInterrupt:
             print(f"\ninterrupted: the {written} rows finished so far are in {part}", file=sys.stderr)
             return 130
@@ -242,6 +242,8 @@ def main(argv=None) -> int:
     r.add_argument("--entropy", action="store_true", help="add the policy's token entropies along each response")
     r.add_argument("--system", default="")
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--fast", action="store_true", help="speed paths: same distributions, other rounding and random "
+                                                       "stream (rows differ from the default's, reproducibly)")
     r.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
     c = sub.add_parser("compare", help="tables and paired differences; the first file is the base")
     c.add_argument("files", nargs="+")

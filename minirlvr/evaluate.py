@@ -97,8 +97,9 @@ def set_kind(rec: dict) -> str:
     return kind
 
 
-def judge_row(rec: dict, response: str, reasoning: bool) -> dict:
-    """All the judgements of one response, as flat JSON fields."""
+def judge_row(rec: dict, response: str, reasoning: bool, code_result=None) -> dict:
+    """All the judgements of one response, as flat JSON fields. code_result: the verifier's CodeResult of a
+    code response when it was run already (judge_rows runs a batch's programs together)."""
     kind = set_kind(rec)
     row: dict = {"kind": kind}
     if kind == "math":
@@ -112,7 +113,7 @@ def judge_row(rec: dict, response: str, reasoning: bool) -> dict:
         from minirlvr.verifier import extract_code, run_code
         row["gold"] = rec["tests"]
         code = extract_code(response)
-        res = run_code(code, rec["tests"]) if code else None
+        res = code_result if code_result is not None else run_code(code, rec["tests"]) if code else None
         row["pass_rate"] = res.pass_rate if res else 0.0
         row["correct"] = bool(res and res.passed == res.total)
     else:
@@ -124,7 +125,17 @@ def judge_row(rec: dict, response: str, reasoning: bool) -> dict:
     return row
 
 
-def response_entropy(model, prompts: list[list[int]], responses: list[list[int]]) -> list[list[float]]:
+def judge_rows(recs: list[dict], responses: list[str], reasoning: bool) -> list[dict]:
+    """judge_row of each (record, response); the code responses run in the sandbox together (run_codes: a
+    few launches side by side instead of one launch per response), with the same results."""
+    from minirlvr.verifier import extract_code, run_codes
+    code = {i: extract_code(text) for i, (rec, text) in enumerate(zip(recs, responses)) if set_kind(rec) == "code"}
+    code = {i: c for i, c in code.items() if c}  # as judge_row: no code, no run
+    results = dict(zip(code, run_codes([(c, recs[i]["tests"]) for i, c in code.items()]))) if code else {}
+    return [judge_row(rec, text, reasoning, results.get(i)) for i, (rec, text) in enumerate(zip(recs, responses))]
+
+
+def response_entropy(model, prompts: list[list[int]], responses: list[list[int]], pack: bool = False) -> list[list[float]]:
     """Entropy (nats, temperature 1) of the policy's next-token distribution at each response token.
 
     Row r gets len(responses[r]) values; value t is H(pi(. | prompt, response[:t])), the distribution the
@@ -134,8 +145,8 @@ def response_entropy(model, prompts: list[list[int]], responses: list[list[int]]
     from minirlvr.rollout import response_logprobs
     from minirlvr.sampler import build_batch
     with torch.no_grad():
-        _, ent = response_logprobs(model, build_batch(prompts, responses, device=next(model.parameters()).device),
-                                   with_entropy=True)
+        batch = build_batch(prompts, responses, device=next(model.parameters()).device, pack=pack)
+        _, ent = response_logprobs(model, batch, with_entropy=True)
     return [e[:len(r)].tolist() for e, r in zip(ent.cpu(), responses)]
 
 
@@ -162,12 +173,14 @@ def entropy_fields(tok, response_ids: list[int], ent: list[float]) -> dict:
 
 def evaluate(model, tok, sets: dict[str, list[dict]], temperature: float = 0.0, max_new_tokens: int = 128,
              batch_size: int = 64, seed: int = 0, samples: int = 1, reasoning: bool = False, system: str = "",
-             progress: bool = False, entropy: bool = False, on_rows=None) -> list[dict]:
+             progress: bool = False, entropy: bool = False, on_rows=None, fast: bool = False) -> list[dict]:
     """Generates for every record of every set and judges it. `samples` > 1 draws that many responses per
     prompt (use temperature > 0) for pass@k; each becomes a row with the same id and its own `sample` index.
     entropy=True adds the policy's token entropies along each response (see entropy_fields).
     on_rows(rows) is called with each batch's rows as soon as they are judged (eval.py writes them to disk
-    then, so an interrupted evaluation keeps what it finished); progress=True shows a line with rate and ETA."""
+    then, so an interrupted evaluation keeps what it finished); progress=True shows a line with rate and ETA.
+    fast: the sampler's and the log-probs' speed paths (generate(fast=True), Batch.pack): the same distributions,
+    other rounding and another random stream, so rows differ from fast=False's, reproducibly."""
     import torch
     from minirlvr.metrics import Progress
     from minirlvr.sampler import generate
@@ -180,20 +193,21 @@ def evaluate(model, tok, sets: dict[str, list[dict]], temperature: float = 0.0, 
             prompts = [chat_prompt_ids(tok, r, system or None) for r in chunk]
             with torch.no_grad():
                 out = generate(model, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                               stop_ids=tok.stop_ids, seed=seed + b, num_samples=samples)
+                               stop_ids=tok.stop_ids, seed=seed + b, num_samples=samples, fast=fast)
             if entropy:
-                ents = response_entropy(model, [prompts[pi] for pi in out.prompt_index], out.tokens)
+                ents = response_entropy(model, [prompts[pi] for pi in out.prompt_index], out.tokens, fast)
+            texts = [tok.decode(toks, skip_special_tokens=True) for toks in out.tokens]
+            judged = judge_rows([chunk[pi] for pi in out.prompt_index], texts, reasoning)
             batch = []
-            for i, (pi, toks) in enumerate(zip(out.prompt_index, out.tokens)):
+            for i, (pi, toks, text) in enumerate(zip(out.prompt_index, out.tokens, texts)):
                 rec = chunk[pi]
-                text = tok.decode(toks, skip_special_tokens=True)
                 row = {"set": name, "id": f"{name}/{b + pi}", "sample": i % samples, "temperature": temperature,
                        "prompt": prompt_of(rec),
                        "response": text, "n_tokens": len(toks), "topic": rec.get("topic"),
                        "suite": rec.get("suite"), "category": rec.get("category"),
                        # the budget ran out before a stop token: the answer may be missing, not wrong
                        "truncated": len(toks) >= max_new_tokens and not (toks and toks[-1] in stops)}
-                row.update(judge_row(rec, text, reasoning))
+                row.update(judged[i])
                 if entropy:
                     row.update(entropy_fields(tok, toks, ents[i]))
                 batch.append(row)

@@ -80,6 +80,7 @@ class GRPOConfig:
     stop_if_no_signal: int = 0     # stop after N steps in a row in which no group's rewards differ; 0: warn only
     log_samples: int = 4           # rollouts per step written to OUT/samples.jsonl (first response of N prompts)
     bf16: bool = False             # bf16 autocast (CPU and CUDA)
+    fast: bool = False             # speed (issue 16): same math, other rounding and random stream (rollout.py)
     seed: int = 0                  # seeds data order, sampling and init
     save_every: int = -1           # checkpoint every N steps and after the last; -1: every steps/10; 0: last only
     device: str = "auto"           # auto (cuda when available) | cpu | cuda | cuda:N

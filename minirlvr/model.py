@@ -304,18 +304,20 @@ class Transformer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
                 key_mask: torch.Tensor | None = None, cache: KVCache | None = None,
-                return_hidden: bool = False) -> torch.Tensor:
+                return_hidden: bool = False, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids [B, T] -> logits [B, T, V] (or final-normed hidden states [B, T, H] if return_hidden).
 
         positions [B, T]: RoPE positions (default 0..T-1, continuing after the cache's filled slots).
         key_mask [B, T]: True at real tokens, False at padding (default: all real).
         cache: the T new keys/values go to slots cache.length.. and attend to every real key before them.
+        attn_mask [B, 1, T, T] bool, without a cache: which token sees which, instead of causal + key_mask
+        (several sequences packed in one row: rollout.packed_hidden).
         """
         B, T = input_ids.shape
         start = 0 if cache is None else cache.length
         if positions is None:
             positions = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
-        mask = attention_mask(key_mask, cache, T)
+        mask = attention_mask(key_mask, cache, T) if attn_mask is None else attn_mask
         x = self.model.embed_tokens(input_ids)
         cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
         for i, layer in enumerate(self.model.layers):

@@ -41,15 +41,67 @@ def response_logprobs(model: Transformer, batch: Batch, temperature: float = 1.0
     """log pi(response token t | prompt, response[:t]) [r, T] under softmax(logits / temperature), 0 at
     padding (and the entropy of that distribution [r, T] with with_entropy), for the rows `rows`."""
     sub = batch.rows(rows)
-    P = sub.prompt_len
-    hidden = model(sub.ids, positions=sub.positions, key_mask=sub.key_mask, return_hidden=True)[:, P - 1:-1]
-    targets = sub.responses.masked_fill(sub.response_mask == 0, -100)
-    r, T = targets.shape
-    out = token_logprobs(hidden.reshape(r * T, -1), model.lm_head.weight, targets.reshape(-1),
-                         temperature=temperature, return_entropy=with_entropy)
-    if with_entropy:
-        return out[0].view(r, T), out[1].view(r, T)
-    return out.view(r, T)
+    r, T = sub.response_mask.shape
+    if sub.pack:
+        hidden, row, col = packed_hidden(model, sub)
+    else:
+        P = sub.prompt_len
+        hidden = model(sub.ids, positions=sub.positions, key_mask=sub.key_mask, return_hidden=True)[:, P - 1:-1]
+        hidden, row, col = hidden.reshape(r * T, -1), None, None
+    targets = sub.responses.masked_fill(sub.response_mask == 0, -100) if row is None else sub.responses[row, col]
+    out = token_logprobs(hidden, model.lm_head.weight, targets.reshape(-1), temperature=temperature,
+                         return_entropy=with_entropy)
+    out = out if with_entropy else (out,)
+    if row is not None:  # scatter the response tokens' values into the [r, T] layout, 0 at padding
+        out = tuple(x.new_zeros(r, T).index_put((row, col), x) for x in out)
+    out = tuple(x.view(r, T) for x in out)
+    return out if with_entropy else out[0]
+
+
+def packed_hidden(model: Transformer, sub: Batch) -> tuple[Tensor, Tensor, Tensor]:
+    """The final hidden states that predict the response tokens, computed with no padding and each distinct prompt
+    once: -> hidden [N, H] and the (row [N], t [N]) of the token each predicts, N = real response tokens.
+
+    A GRPO group's G rows share one prompt, and in the padded layout half the columns are padding. Here each
+    group is one row: its prompt, then its G responses one after another, each response seeing the prompt and
+    itself (an attention mask), at the positions it has in its own row. The same function as the padded forward
+    (tests/test_rollout.py), a few times fewer tokens, other rounding; Batch.pack chooses it.
+    """
+    W, P = sub.ids.shape[1], sub.prompt_len
+    plen, rlen = sub.key_mask[:, :P].sum(1).tolist(), sub.response_mask.sum(1).long().tolist()
+    groups: dict[int, list[int]] = {}
+    for i, g in enumerate(sub.prompt_id.tolist()):
+        groups.setdefault(g, []).append(i)
+    S = max(plen[m[0]] + sum(rlen[i] for i in m) for m in groups.values())
+    src, seg, pos, pred, row, col = [], [], [], [], [], []  # per packed token: source, segment, position
+    for u, members in enumerate(groups.values()):
+        L, n_u = plen[members[0]], 0
+        src += range(members[0] * W + P - L, members[0] * W + P)  # the prompt, from the group's first row
+        seg += [-1] * L
+        pos += range(L)
+        o = L
+        for k, i in enumerate(members):
+            n = rlen[i]
+            src += range(i * W + P, i * W + P + n)
+            seg += [k] * n
+            pos += range(L, L + n)
+            # token t of the response is predicted at its token t - 1; token 0 at the prompt's last token
+            pred += [u * S + L - 1] + list(range(u * S + o, u * S + o + n - 1)) if n else []
+            row += [i] * n
+            col += range(n)
+            o += n
+        pad = S - o
+        src, seg, pos = src + [0] * pad, seg + [-2] * pad, pos + [0] * pad
+    dev = sub.ids.device
+    ids = sub.ids.reshape(-1)[torch.tensor(src, device=dev)].view(-1, S)
+    seg = torch.tensor(seg, device=dev).view(-1, S)
+    key, query = seg[:, None, :], seg[:, :, None]
+    causal = torch.ones(S, S, dtype=torch.bool, device=dev).tril()
+    mask = (causal & (key != -2) & ((key == -1) | (key == query))) | torch.eye(S, dtype=torch.bool, device=dev)
+    hidden = model(ids, positions=torch.tensor(pos, device=dev).view(-1, S), attn_mask=mask[:, None],
+                   return_hidden=True)
+    hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, torch.tensor(pred, device=dev, dtype=torch.long))
+    return hidden, torch.tensor(row, device=dev, dtype=torch.long), torch.tensor(col, device=dev, dtype=torch.long)
 
 
 def rollout(policy: Transformer, tok: Tokenizer, records: list[dict], cfg, seed: int) -> Rollout:
@@ -58,11 +110,11 @@ def rollout(policy: Transformer, tok: Tokenizer, records: list[dict], cfg, seed:
     with torch.no_grad():
         out = generate(policy, prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                        top_k=cfg.top_k, top_p=cfg.top_p, stop_ids=tok.stop_ids, num_samples=cfg.group_size,
-                       seed=seed)
+                       seed=seed, fast=cfg.fast)
     texts = [tok.decode(t, skip_special_tokens=True) for t in out.tokens]
     scored = score_all([records[i] for i in out.prompt_index], texts, cfg.format_reward, load_reward(cfg.reward),
                        cfg.reward_workers)
     device = policy.lm_head.weight.device
-    batch = build_batch([prompts[i] for i in out.prompt_index], out.tokens, tok.pad_token_id or 0, device)
+    batch = build_batch([prompts[i] for i in out.prompt_index], out.tokens, tok.pad_token_id or 0, device, pack=cfg.fast)
     return Rollout(batch, torch.tensor([s.total for s in scored], device=device),
                    torch.tensor([float(s.correct) for s in scored], device=device), texts)

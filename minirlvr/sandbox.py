@@ -1,6 +1,6 @@
 """The jail that runs model-written code. Started by `verifier.run_code` as
 
-    python -I -S minirlvr/sandbox.py      (job as JSON on stdin, one JSON line per test on stdout)
+    python -I -S minirlvr/sandbox.py      (programs as JSON on stdin, one JSON line per test on stdout)
 
 It imports only the standard library and is never imported by the trainer: starting
 a bare interpreter (-I: no environment, user site or cwd on sys.path; -S: no
@@ -35,7 +35,12 @@ The JSON "done" record lists which layers were active ("features").
 
 What it does not do: stop code that is *deliberately* written to fool the tests (an
 object whose __eq__ is always True, writing a fake result to the result pipe, reading
-the test from the caller's frame). It contains code; it does not make rewards unhackable.
+the test from the caller's frame, or the other programs of its launch from the memory
+every worker inherits). It contains code; it does not make rewards unhackable.
+
+One launch runs a batch of programs one after another (verifier.run_codes), so the
+interpreter start-up and the namespaces, ~80 ms of CPU, are paid once per batch: a program
+gets its own deadline, a fresh worker per test and an emptied workdir, as if run alone.
 
 Worker result protocol on fd 3: b"L" once the code has loaded, then b"P" (passed),
 b"F<msg>" (the test raised) or b"E<msg>" (the code raised while loading). A worker that
@@ -201,27 +206,56 @@ def _supervise(job: dict, uid, features: set) -> None:
             os.write(2, f"sandbox: filesystem not sealed: {e}\n".encode())
     for name in PRELOAD:
         __import__(name)
-    code, tests, deadline = job["code"], job["tests"], job["deadline"]
 
     def emit(record: dict) -> None:
         os.write(1, (json.dumps(record) + "\n").encode())
 
-    for i, test in enumerate(tests):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            outcome, message, output, loaded = "timeout", "no time left for this test", "", True
-        else:
-            outcome, message, output, loaded = _run_worker(
-                code, test, remaining / (len(tests) - i), uid, job["workdir"])
-        emit({"test": i, "outcome": outcome, "message": message, "output": output})
-        if not loaded:
-            # The code itself failed to load (syntax error, top-level exception or hang):
-            # it would fail the same way for every test, so don't spend time repeating it.
-            for j in range(i + 1, len(tests)):
-                emit({"test": j, "outcome": outcome, "message": "(same as test 0: code did not load)",
-                      "output": ""})
-            break
+    # Programs run one after another, each as if launched alone: its own deadline, a fresh worker per
+    # test (everything in the namespace is killed after each), and the workdir emptied after it.
+    for j, prog in enumerate(job["jobs"]):
+        code, tests, deadline = _compile(prog["code"]), prog["tests"], time.monotonic() + prog["timeout"]
+        for i, test in enumerate(tests):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                outcome, message, output, loaded = "timeout", "no time left for this test", "", True
+            else:
+                outcome, message, output, loaded = _run_worker(
+                    code, compile(test, "test.py", "exec"), remaining / (len(tests) - i), uid, job["workdir"])
+            emit({"job": j, "test": i, "outcome": outcome, "message": message, "output": output})
+            if not loaded:
+                # The code itself failed to load (syntax error, top-level exception or hang):
+                # it would fail the same way for every test, so don't spend time repeating it.
+                for k in range(i + 1, len(tests)):
+                    emit({"job": j, "test": k, "outcome": outcome, "output": "",
+                          "message": "(same as test 0: code did not load)"})
+                break
+        _empty(job["workdir"])
     emit({"done": True, "features": sorted(features)})
+
+
+def _compile(code: str):
+    """(code object or the exception compiling raised, warnings text), made once here rather than in every
+    worker: a compile in a freshly forked worker costs ~2.5 ms of copy-on-write page faults, more than the
+    test. Compiling runs nothing; the worker prints the warnings and raises the exception where its own
+    compile would have, so a program's outcome, message and output are the same."""
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            obj = compile(code, "solution.py", "exec")
+        except BaseException as e:               # SyntaxError, ValueError (NUL bytes), RecursionError ...
+            obj = e
+    return obj, "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, None) for w in caught)
+
+
+def _empty(path: str) -> None:
+    """Remove everything inside `path` (not following symlinks), whatever modes the program set."""
+    for entry in os.scandir(path):
+        if entry.is_dir(follow_symlinks=False):
+            os.chmod(entry.path, 0o700)
+            _empty(entry.path)
+            os.rmdir(entry.path)
+        else:
+            os.unlink(entry.path)
 
 
 def _read_into(fd: int, buf: bytearray, keep: int) -> int:
@@ -236,7 +270,7 @@ def _read_into(fd: int, buf: bytearray, keep: int) -> int:
     return len(chunk)
 
 
-def _run_worker(code: str, test: str, budget: float, uid, workdir: str):
+def _run_worker(code: tuple, test, budget: float, uid, workdir: str):
     """Run code + one test in a fresh worker; returns (outcome, message, output, loaded)."""
     res_r, res_w = os.pipe()
     out_r, out_w = os.pipe()
@@ -361,7 +395,7 @@ def _describe(exc: BaseException) -> str:
     return text[:MESSAGE_KEEP] + (f" (solution.py line {line})" if line else "")
 
 
-def _worker(code: str, test: str, uid, workdir: str, res_w: int, out_w: int, budget: float):
+def _worker(code: tuple, test, uid, workdir: str, res_w: int, out_w: int, budget: float):
     try:
         os.setsid()                              # killpg(0) must not reach the launcher's group
         os.dup2(out_w, 1)
@@ -387,11 +421,16 @@ def _worker(code: str, test: str, uid, workdir: str, res_w: int, out_w: int, bud
         os._exit(SETUP_FAILED)                   # never run user code half-confined
     env = {"__name__": "solution", "__builtins__": __builtins__}
     stage, verdict = b"E", b""
+    (code, warned) = code
     try:
-        exec(compile(code, "solution.py", "exec"), env)
+        if warned:
+            os.write(2, warned.encode("utf-8", "replace"))
+        if isinstance(code, BaseException):
+            raise code
+        exec(code, env)
         os.write(3, b"L")
         stage = b"F"
-        exec(compile(test, "test.py", "exec"), env)
+        exec(test, env)
         verdict = b"P"
     except BaseException as e:                   # SystemExit and KeyboardInterrupt fail a test too
         verdict = stage + _describe(e).encode("utf-8", "replace")

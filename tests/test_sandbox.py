@@ -140,6 +140,27 @@ def test_concurrent_calls():
     assert all(r.status == "ok" for r in results)
 
 
+def test_run_codes_gives_what_run_code_gives_one_by_one():
+    """A batch shares launches (per_launch=3: several programs per launch, two launches side by side), yet
+    each program gets the result it gets alone, in order, including one that loops until its deadline."""
+    jobs = [(SUM_EVENS, ["assert sum_evens([2, 3]) == 2"]), (SUM_EVENS, ["assert sum_evens([2]) == 3"]),
+            ("def f(:", ["assert f() == 1"]), ("while True:\n    pass", ["assert True"]),
+            ("def f():\n    return 1", ["assert f() == 1", "assert f() == 2"]), (SUM_EVENS, "assert sum_evens([]) == 0")]
+    batch = verifier.run_codes(jobs, timeout=1.0, per_launch=3)
+    alone = [run_code(code, tests, timeout=1.0) for code, tests in jobs]
+    assert [(r.passed, r.total, r.status) for r in batch] == [(r.passed, r.total, r.status) for r in alone]
+    assert [r.status for r in batch] == ["ok", "fail", "error", "timeout", "fail", "ok"]
+
+
+def test_programs_of_one_launch_do_not_see_each_other():
+    """The workdir is emptied after each program, whatever it left there (files, a locked-down directory)."""
+    leave = ("import os\nos.makedirs('d/e')\nopen('d/e/note', 'w').write('x')\nopen('note', 'w').write('x')\n"
+             "os.chmod('d', 0)\ndef f():\n    return 1")
+    look = "import os\ndef seen():\n    return sorted(os.listdir('.'))"
+    rs = verifier.run_codes([(leave, ["assert f() == 1"]), (look, ["assert seen() == []"])], per_launch=2)
+    assert [r.status for r in rs] == ["ok", "ok"], rs[1].detail
+
+
 def test_broken_sandbox_program_is_a_sandbox_error(tmp_path, monkeypatch):
     script = tmp_path / "exits.py"
     script.write_text("import sys\nsys.exit(3)\n")

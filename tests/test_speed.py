@@ -1,0 +1,90 @@
+"""The speed paths behind `fast` (GRPOConfig.fast, eval.py --fast) compute what the default paths compute, up to
+rounding: the packed log-prob forward against the padded one (values, entropies, gradients), the inverse-CDF draw
+against the distribution, and fast generation's log-probs against a full forward."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from minirlvr import generate
+from minirlvr.rollout import packed_hidden, response_logprobs
+from minirlvr.sampler import build_batch, sample
+from test_sampler import V, full_forward_logprobs, ragged_prompts, tiny
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def grouped_batch(seed: int = 0, G: int = 3):
+    """Three ragged prompts x G ragged responses (one of them empty), prompt-major as a rollout lays them out."""
+    g = torch.Generator().manual_seed(seed)
+    prompts = ragged_prompts(seed, (4, 9, 1))
+    rows = [p for p in prompts for _ in range(G)]
+    lengths = [int(n) for n in torch.randint(1, 8, (len(rows),), generator=g)]
+    lengths[1] = 0
+    responses = [torch.randint(0, V, (n,), generator=g).tolist() for n in lengths]
+    return build_batch(rows, responses, pad_id=0)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("rows", [slice(None), torch.tensor([8, 0, 4, 5, 2])])  # all rows; a micro-batch across groups
+def test_packed_logprobs_equal_padded(kind, rows):
+    m = tiny(kind, num_key_value_heads=1 if kind == "qwen2" else 2).double()
+    batch = grouped_batch()
+    out = {}
+    for pack in (False, True):
+        m.zero_grad()
+        logp, ent = response_logprobs(m, dataclasses.replace(batch, pack=pack), 0.7, rows, with_entropy=True)
+        weights = torch.linspace(-1, 1, logp.numel(), dtype=logp.dtype).view_as(logp)
+        ((logp + 0.3 * ent) * weights).sum().backward()
+        out[pack] = logp.detach(), ent.detach(), [p.grad.clone() for p in m.parameters()]
+    (lp0, e0, g0), (lp1, e1, g1) = out[False], out[True]
+    assert (lp0 != 0).sum() == (batch.rows(rows).response_mask != 0).sum()  # the test means something
+    torch.testing.assert_close(lp1, lp0, atol=1e-10, rtol=0)
+    torch.testing.assert_close(e1, e0, atol=1e-10, rtol=0)
+    for a, b in zip(g1, g0):  # RMSNorm computes in fp32 whatever the dtype, so the sums of a shared prompt's
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)  # gradients round at fp32 level
+
+
+def test_packing_computes_each_prompt_once_and_no_padding():
+    m = tiny()
+    batch = grouped_batch(G=4)
+    seen = []
+    forward = m.forward
+    m.forward = lambda ids, **kw: (seen.append(tuple(ids.shape)), forward(ids, **kw))[1]
+    hidden, row, col = packed_hidden(m, batch)
+    prompt_tokens = batch.key_mask[:, :batch.prompt_len].sum(1)
+    n_resp = int(batch.response_mask.sum())
+    longest = max(int(prompt_tokens[4 * u]) + int(batch.response_mask[4 * u:4 * u + 4].sum()) for u in range(3))
+    assert seen == [(3, longest)]  # one row per group, as long as its prompt plus its responses
+    assert hidden.shape[0] == n_resp == len(row) == len(col)
+
+
+def test_fast_sample_follows_the_distribution_and_never_draws_a_filtered_token():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, 0.5, -3.0]]).expand(40000, 6)
+    g = torch.Generator().manual_seed(0)
+    tokens, lps = sample(logits, 0.8, 4, 1.0, g, fast=True)  # top-4: tokens 3 and 5 are out
+    probs = torch.zeros(6)
+    keep = torch.tensor([0, 1, 2, 4])
+    probs[keep] = (logits[0, keep] / 0.8).softmax(-1)
+    freq = torch.bincount(tokens, minlength=6).double() / len(tokens)
+    assert freq[3] == 0 and freq[5] == 0
+    assert (freq - probs).abs().max() < 0.01  # 4+ binomial standard deviations
+    torch.testing.assert_close(lps, probs.log()[tokens], atol=1e-6, rtol=0)
+
+
+def test_fast_generate_is_reproducible_and_its_logprobs_are_the_model_s():
+    m = tiny()
+    prompts = ragged_prompts(2, (3, 8, 1))
+    a = generate(m, prompts, max_new_tokens=12, temperature=0.9, seed=3, num_samples=2, fast=True)
+    b = generate(m, prompts, max_new_tokens=12, temperature=0.9, seed=3, num_samples=2, fast=True)
+    assert a.tokens == b.tokens and a.logprobs == b.logprobs
+    for r, (toks, lps) in enumerate(zip(a.tokens, a.logprobs)):
+        ref = full_forward_logprobs(m, prompts[a.prompt_index[r]], toks, 0.9)
+        torch.testing.assert_close(torch.tensor(lps, dtype=torch.float64), ref, atol=1e-5, rtol=0)
