@@ -301,10 +301,12 @@ def resume(cfg, stage: str) -> dict:
 
 def claim_out(cfg, own: bool) -> None:
     """A run never writes over another by accident: an OUT holding a run's files is refused unless --overwrite,
-    which deletes those files (only those: a launcher's log stays). A resume writes into its own run (own)."""
+    which deletes those files (only those: a launcher's log stays). A resume writes into its own run (own).
+    Files of a run that never finished a step (it failed on a bad input after writing config.json, or was
+    stopped before its first step) hold nothing to lose: they are replaced, so the corrected command just runs."""
     out = Path(cfg.out)
     found = [] if own else [n for n in RUN_FILES if (out / n).exists()]
-    if found and not cfg.overwrite:
+    if found and not cfg.overwrite and ran_a_step(out):
         raise ConfigError(f"{out}: holds a run ({', '.join(found)}); --overwrite replaces it"
                           + (f", --resume {out / 'model'} continues it" if "model" in found else ""))
     dist.barrier()  # every rank has looked at OUT before rank 0 changes it
@@ -313,6 +315,12 @@ def claim_out(cfg, own: bool) -> None:
             shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.json")
+
+
+def ran_a_step(out: Path) -> bool:
+    """OUT holds a checkpoint or a logged step (metrics.jsonl gets its first line when step 0 ends)."""
+    metrics = out / "metrics.jsonl"
+    return (out / "model").exists() or (out / "state").exists() or (metrics.is_file() and metrics.stat().st_size > 0)
 
 
 def model_dir(path: str, key: str) -> Path:

@@ -161,6 +161,22 @@ def test_an_out_holding_a_run_is_refused_unless_overwrite(tiny, tmp_path, capsys
     assert train.main(["grpo", "--resume", str(out / "model"), "--steps", "4"]) == 0 and len(metrics(out)) == 4
 
 
+def test_a_run_that_failed_before_its_first_step_does_not_block_the_corrected_command(tiny, tmp_path, capsys):
+    """A bad data file fails after OUT/config.json is written (the data list may come from a resumed config);
+    a Ctrl-C before step 0 ends leaves empty logs too. Neither is a run to protect with --overwrite."""
+    d, _, _ = tiny
+    out = tmp_path / "run"
+    args = cli_args(d, out, 1)
+    good = args[args.index("--data") + 1]
+    args[args.index("--data") + 1] = str(tmp_path / "typo.jsonl")
+    assert train.main(args) == 2 and "typo.jsonl: data file not found" in capsys.readouterr().err
+    assert (out / "config.json").is_file()
+    (out / "metrics.jsonl").write_text("")  # what a run stopped inside its first step leaves
+    args[args.index("--data") + 1] = good
+    assert train.main(args) == 0 and len(metrics(out)) == 1
+    assert train.main(args) == 2 and "holds a run" in capsys.readouterr().err  # one logged step is a run
+
+
 def test_the_model_folder_holds_the_model_and_the_state_lives_beside_it(tiny, tmp_path):
     d, _, _ = tiny
     cfg = rl_args(d, tmp_path / "ppo", "--steps", "3", "--save_every", "1", algo="ppo")
