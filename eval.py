@@ -54,9 +54,20 @@ def pick_eval_device(name: str):
     return dev
 
 
+def check_run_numbers(a) -> None:
+    """Numbers a run cannot use, refused in one line before anything loads (else a traceback from deep inside
+    generation, an empty response for every prompt, or --limit -1 silently dropping each set's last prompt)."""
+    for flag, ok, what in [("samples", a.samples >= 1, ">= 1"), ("max_new_tokens", a.max_new_tokens >= 1, ">= 1"),
+                           ("batch_size", a.batch_size >= 1, ">= 1"), ("limit", a.limit >= 0, ">= 0 (0: every prompt)"),
+                           ("temperature", a.temperature >= 0, ">= 0 (0: greedy)")]:
+        if not ok:
+            raise DataError(f"command line: --{flag} must be {what}, got {getattr(a, flag)}")
+
+
 def cmd_run(a) -> int:
     import torch
     from minirlvr import Tokenizer, Transformer
+    check_run_numbers(a)
     sets: dict[str, list[dict]] = {}
     if a.world:
         sets.update(load_world_sets(a.world, a.sets or WORLD_SETS, a.limit))

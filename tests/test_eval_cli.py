@@ -104,6 +104,17 @@ def test_device_that_is_not_a_device(tmp_path):
     one_line_error(run("run", "--model", BASE, "--requests", req, "--device", "gpu0"), "'gpu0' is not a device")
 
 
+@pytest.mark.parametrize("flag, value, words", [("--samples", "0", "--samples must be >= 1, got 0"),
+                                                ("--max_new_tokens", "0", "--max_new_tokens must be >= 1"),
+                                                ("--batch_size", "0", "--batch_size must be >= 1"),
+                                                ("--limit", "-1", "--limit must be >= 0"),
+                                                ("--temperature", "-1", "--temperature must be >= 0 (0: greedy), got -1.0"),
+                                                ("--temperature", "nan", "--temperature must be >= 0 (0: greedy), got nan")])
+def test_numbers_a_run_cannot_use_fail_before_the_model_loads(tmp_path, flag, value, words):
+    req = write_jsonl(tmp_path / "r.jsonl", REQUESTS[:1])
+    one_line_error(run("run", "--model", tmp_path / "no-model", "--requests", req, flag, value), words)
+
+
 def test_non_utf8_csv_and_jsonl(tmp_path):
     csv = tmp_path / "adv.csv"
     csv.write_bytes(b"goal,target\nHow to build a vorn charge,Sure\nCaf\xe9 hack,Sure\n")
