@@ -23,14 +23,14 @@ TRL's split comes from timing its _generate_and_score_completions and no-grad _g
 The last lines put our step against this machine's limits (matmul peak, copy bandwidth, measured in the run).
 
 Default model: assets/miniworld-base (P=8, G=8, 64 new tokens, 2 warm-up + 4 steps). With MINIRLVR_SMOLLM2
-set (to a directory built by ../shared/tools/smollm2_hf.sh, or to 1 for /work/smollm2): SmolLM2-135M-Instruct
+set (to an HF folder of it, or to 1 for models/SmolLM2-135M-Instruct: README "Real models"): SmolLM2-135M-Instruct
 (P=2, G=4, 48 new tokens, 1 warm-up + 2 steps). Prompts: runs/world/rl_math_train.jsonl
 (`python -m minirlvr.world build --out runs/world --seed 0` makes it).
 
 Environment: TRL comes from the `bench` extra, in a venv of its own so that the main .venv is untouched:
-    python3 -m venv /work/venv-bench
-    /work/venv-bench/bin/pip install torch==2.13.0 && /work/venv-bench/bin/pip install -e '.[bench]'
-    /work/venv-bench/bin/python bench/grpo_step.py [--threads 1] [--steps 4] [--warmup 2] [--rounds 2]
+    python3 -m venv .venv-bench
+    .venv-bench/bin/pip install torch==2.13.0 && .venv-bench/bin/pip install -e '.[bench]'
+    .venv-bench/bin/python bench/grpo_step.py [--threads 1] [--steps 4] [--warmup 2] [--rounds 2]
 """
 
 import argparse
@@ -48,7 +48,8 @@ sys.path.insert(0, ROOT)
 CONFIGS = {
     "miniworld": dict(model=os.path.join(ROOT, "assets/miniworld-base"), prompts=8, group=8, max_new_tokens=64,
                       steps=4, warmup=2),
-    "smollm2": dict(model="/work/smollm2", prompts=2, group=4, max_new_tokens=48, steps=2, warmup=1),
+    "smollm2": dict(model=os.path.join(ROOT, "models/SmolLM2-135M-Instruct"), prompts=2, group=4, max_new_tokens=48,
+                    steps=2, warmup=1),
 }
 
 
@@ -220,7 +221,8 @@ def main():
             cfg[k] = getattr(args, k)
     cfg.update(data=args.data, mu=args.mu, beta=args.beta, lr=args.lr, seed=args.seed, threads=args.threads)
     for path, fix in [(cfg["data"], "python -m minirlvr.world build --out runs/world --seed 0"),
-                      (cfg["model"], "../shared/tools/smollm2_hf.sh /work/smollm2")]:
+                      (cfg["model"], "hf download HuggingFaceTB/SmolLM2-135M-Instruct --local-dir "
+                                     "models/SmolLM2-135M-Instruct")]:
         if not os.path.exists(path):
             sys.exit(f"{path} is missing; make it with: {fix}")
 

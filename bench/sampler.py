@@ -1,7 +1,7 @@
 """Benchmark: minirlvr.generate vs transformers' generate, greedy, same weights, same run.
 
---config smollm2 (default): SmolLM2-135M-Instruct when --model points at a built directory
-(../shared/tools/smollm2_hf.sh), otherwise a random Llama with its config (hidden 576, 30 layers, 9 heads /
+--config smollm2 (default): SmolLM2-135M-Instruct when --model points at an HF folder of it
+(README "Real models"), otherwise a random Llama with its config (hidden 576, 30 layers, 9 heads /
 3 kv heads, intermediate 1536, vocab 49152, tied). --config miniworld: a random model of the size this
 project pretrains (minirlvr.sft.PretrainConfig: hidden 192, 4 layers, vocab 2048), where per-op overhead rules.
 
@@ -14,7 +14,8 @@ the tokens are equal, and our tokens/s as a fraction of two limits of this machi
            matmul; FLOPs = 2 x matmul weights + attention over the average context)
 Batch 1 is bound by memory, large batches by compute.
 
-    .venv/bin/python bench/sampler.py [--model /work/smollm2] [--batches 1,16] [--new-tokens 128] [--threads 1]
+    .venv/bin/python bench/sampler.py [--model models/SmolLM2-135M-Instruct] [--batches 1,16] [--new-tokens 128]
+        [--threads 1]
 """
 
 import argparse
@@ -99,7 +100,7 @@ def work_per_step(model: Transformer, batch: int, context: float) -> tuple[float
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="smollm2", choices=list(CONFIGS))
-    ap.add_argument("--model", default="/work/smollm2", help="SmolLM2 dir (--config smollm2)")
+    ap.add_argument("--model", default="models/SmolLM2-135M-Instruct", help="SmolLM2 dir (--config smollm2)")
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prompt-len", type=int, default=32)

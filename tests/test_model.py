@@ -203,7 +203,7 @@ def test_failed_save_keeps_previous_checkpoint(good_dir, monkeypatch):
 SMOL = os.environ.get("MINIRLVR_SMOLLM2")
 
 
-@pytest.mark.skipif(not SMOL, reason="set MINIRLVR_SMOLLM2 to a dir built by ../shared/tools/smollm2_hf.sh")
+@pytest.mark.skipif(not SMOL, reason="set MINIRLVR_SMOLLM2 to an HF folder of SmolLM2-135M-Instruct (README: Real models)")
 def test_smollm2_logits_match_transformers(tmp_path):
     ours = Transformer.from_pretrained(SMOL).eval()
     theirs = transformers.AutoModelForCausalLM.from_pretrained(SMOL, dtype=torch.float32).eval()

@@ -130,3 +130,15 @@ def test_readme_links_stay_in_the_repository():
         assert target.is_relative_to(ROOT) and target.exists(), f"README link {link!r} leaves the repo or is missing"
     users = "\n".join(code for section, _, code in readme_blocks() if section in SECTIONS)
     assert "../" not in users and not re.search(r"(^|\s)/(work|home|tmp|Users)/", users)
+
+
+def test_code_tests_and_docs_name_no_path_outside_the_repository():
+    """A clone must not point at the machine it was written on (a sibling ../shared folder, a /work/ model):
+    the docstrings, defaults and skip messages a user reads name README's places (models/, data/) instead."""
+    outside = re.compile(r"\.\./shared|(^|[\s\"'(=])/(work|home|Users)/")
+    files = [*ROOT.glob("*.py"), ROOT / "Makefile", ROOT / "pyproject.toml", *ROOT.glob("docs/**/*.md"),
+             *ROOT.glob("tests/**/*.md"), *ROOT.glob("tests/*.py"), *ROOT.glob("bench/*.py"),
+             *ROOT.glob("minirlvr/**/*.py"), *ROOT.glob("kernels/*.py")]
+    bad = [f"{f.relative_to(ROOT)}:{i}: {line.strip()}" for f in files if f != Path(__file__).resolve()
+           for i, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1) if outside.search(line)]
+    assert not bad, "\n".join(bad)

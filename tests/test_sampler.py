@@ -375,7 +375,7 @@ def test_greedy_equals_transformers_generate(kind, tmp_path):
 SMOL = os.environ.get("MINIRLVR_SMOLLM2")
 
 
-@pytest.mark.skipif(not SMOL, reason="set MINIRLVR_SMOLLM2 to a dir built by ../shared/tools/smollm2_hf.sh")
+@pytest.mark.skipif(not SMOL, reason="set MINIRLVR_SMOLLM2 to an HF folder of SmolLM2-135M-Instruct (README: Real models)")
 def test_smollm2_greedy_equals_transformers_generate():
     transformers = pytest.importorskip("transformers")
     ours = Transformer.from_pretrained(SMOL).eval()

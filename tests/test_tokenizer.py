@@ -2,8 +2,8 @@
 
 Chat ids are compared with transformers' apply_chat_template on tiny tokenizers trained here and
 saved with real checkpoints' templates (tests/fixtures/tokenizer), both through jinja2 and through the
-built-in renderers (forced by hiding jinja2). With MINIRLVR_SMOLLM2=<dir> (built by
-../shared/tools/smollm2_hf.sh) the same checks also run on the real SmolLM2-135M-Instruct tokenizer.
+built-in renderers (forced by hiding jinja2). With MINIRLVR_SMOLLM2=<dir> (an HF folder
+of it: README "Real models") the same checks also run on the real SmolLM2-135M-Instruct tokenizer.
 """
 
 import json
@@ -369,7 +369,7 @@ def test_malformed_tokenizer_config(saved, tmp_path, config, match):
 
 # ----- the real SmolLM2-135M-Instruct tokenizer (optional) -----
 
-@pytest.mark.skipif(not SMOLLM2, reason="set MINIRLVR_SMOLLM2 to a dir built by ../shared/tools/smollm2_hf.sh")
+@pytest.mark.skipif(not SMOLLM2, reason="set MINIRLVR_SMOLLM2 to an HF folder of SmolLM2-135M-Instruct (README: Real models)")
 @pytest.mark.parametrize("use_jinja", [True, False], ids=["jinja", "builtin"])
 def test_smollm2_matches_transformers(use_jinja, monkeypatch):
     hf = hf_tokenizer(SMOLLM2)
