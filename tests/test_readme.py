@@ -136,7 +136,7 @@ def test_code_tests_and_docs_name_no_path_outside_the_repository():
     """A clone must not point at the machine it was written on (a sibling ../shared folder, a /work/ model):
     the docstrings, defaults and skip messages a user reads name README's places (models/, data/) instead."""
     outside = re.compile(r"\.\./shared|(^|[\s\"'(=])/(work|home|Users)/")
-    files = [*ROOT.glob("*.py"), ROOT / "Makefile", ROOT / "pyproject.toml", *ROOT.glob("docs/**/*.md"),
+    files = [*ROOT.glob("*.py"), ROOT / "README.md", ROOT / "Makefile", ROOT / "pyproject.toml", *ROOT.glob("docs/**/*.md"),
              *ROOT.glob("tests/**/*.md"), *ROOT.glob("tests/*.py"), *ROOT.glob("bench/*.py"),
              *ROOT.glob("minirlvr/**/*.py"), *ROOT.glob("kernels/*.py")]
     bad = [f"{f.relative_to(ROOT)}:{i}: {line.strip()}" for f in files if f != Path(__file__).resolve()
