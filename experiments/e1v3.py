@@ -9,6 +9,7 @@
     python experiments/e1v3.py export              # seed-0 weights of base, sft_task, grpo, rft in bf16 (models/)
     python experiments/e1v3.py temps               # E5 on v3: safety of those models sampled at T = 0.7, 1.0, 1.2
     python experiments/e1v3.py all                 # all of the above, in order
+    python experiments/e1v3.py dose                # post hoc, exploratory: seed 0 of four arms at every grid lr
 
 Every arm starts from the v3 base (assets/miniworld3-base) and gets the same budget: STEPS optimiser steps of
 PER_STEP prompts (SFT: one chat per prompt; GRPO: G = 8 samples per prompt), drawn from the same 640 training
@@ -258,10 +259,39 @@ def temps(w: Path, jobs: int) -> None:
     parallel(todo, jobs)
 
 
+# Post hoc and exploratory (PREREGISTRATION.md, "After the results"): the pre-registered lr rule gave every SFT arm
+# 3e-5, where even the positive control did not erode; these runs show what each lr of the grids does (seed 0).
+DOSE = {"helpful": SFT_GRID, "sft_task": SFT_GRID, "sft_task_masked": SFT_GRID, "grpo": GRPO_GRID}
+
+
+def dose_run(name: str, lr: float) -> Path:
+    """The seed-0 run of `name` at `lr`: the arm's own seed 0 at its selected lr, else a selection run, else
+    dose/<name>/lr<lr>."""
+    lrs = json.loads((OUT / "lr_selection.json").read_text())
+    if lr == lrs[name]["lr"]:
+        return OUT / name / "seed0"
+    search = OUT / "lr_search" / name / f"lr{lr:g}"
+    return search if finished(search) else OUT / "dose" / name / f"lr{lr:g}"
+
+
+def dose(w: Path, jobs: int) -> None:
+    train, evals = [], []
+    for name, grid in DOSE.items():
+        for lr in grid:
+            d = dose_run(name, lr)
+            if not finished(d):
+                train.append((train_argv(ALL_ARMS[name], lr, 0, d), d / "train.log"))
+            if not (d / "eval.jsonl").is_file():
+                evals.append((eval_cmd(d / "model", d / "eval.jsonl", w, 0, sets=["math_test", *SAFETY_SETS]),
+                              d / "eval.log"))
+    parallel(train, jobs)
+    parallel(evals, jobs)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", choices=["gonogo", "data", "select", "arms", "probes", "report", "export", "temps",
-                                          "all"])
+                                          "all", "dose"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ALL_ARMS),
                     help="default: the pre-registered arms; secondary: " + " ".join(SECONDARY))
@@ -282,6 +312,8 @@ def main() -> None:
         temps(w, a.jobs)
     if a.stage in ("export", "all"):
         export()
+    if a.stage == "dose":
+        dose(w, a.jobs)
     if a.stage in ("report", "all"):
         from e1v3_report import report
         report(OUT, list(ALL_ARMS), a.seeds)
