@@ -380,6 +380,15 @@ def test_a_checkpoint_is_saved_every_tenth_of_the_run_by_default():
 
 def test_a_second_signal_within_a_second_is_the_same_request_and_a_later_one_acts_at_once():
     from minirlvr.checkpoint import StopSignal
+    # a test run launched as a background job inherits an ignored SIGINT, which StopSignal rightly leaves alone
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _second_signal_check(StopSignal)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _second_signal_check(StopSignal):
     with StopSignal() as signals:
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)  # torchrun forwards the terminal's Ctrl-C: the same request

@@ -75,7 +75,8 @@ def test_rows_are_on_disk_as_they_are_judged_and_ctrl_c_keeps_them(tmp_path):
     out = tmp_path / "e.jsonl"
     proc = subprocess.Popen([sys.executable, EVAL, "run", "--model", str(BASE), "--requests", str(req), "--out",
                              str(out), "--batch_size", "1", "--max_new_tokens", "32"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a background runner ignores it
     deadline = time.time() + 120
     part = out.with_name(out.name + ".part")  # rows land here; OUT itself appears only when complete
     while time.time() < deadline and (not part.exists() or len(part.read_text().splitlines()) < 2):
