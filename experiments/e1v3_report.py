@@ -179,6 +179,17 @@ def paired_table(s: dict) -> str:
     return "\n".join(lines)
 
 
+def pilots(out: Path) -> list[str]:
+    """The pilot table of PREREGISTRATION.md (run before the design, on the v1 base), quoted as written there."""
+    f = out / "PREREGISTRATION.md"
+    text = f.read_text() if f.is_file() else ""
+    start = text.find("## Pilots run before this design")
+    if start < 0:
+        return []
+    end = text.find("\n## ", start + 3)
+    return text[start:end if end > 0 else None].strip().splitlines() + [""]
+
+
 def dose_table(out: Path, base: dict) -> str:
     """`e1v3.py dose`'s runs: seed 0 of some arms at every lr of their grid, paired against the base."""
     from e1v3 import DOSE, dose_run
@@ -272,7 +283,7 @@ def report(out: Path, arms: list[str], seeds: list[int]) -> Path:
              "Design, predictions and rules: [PREREGISTRATION.md](PREREGISTRATION.md) (committed before any arm ran).",
              f"Seeds {seeds}. Mean [95% bootstrap CI] over prompts pooled across seeds; Δ = paired per-prompt "
              "difference arm - base.", "", "## Predictions", ""]
-    lines += [f"- {p}: {mark[ok]} ({n})" for p, ok, n in v] + ["", "## Go/no-go on the base (W1)", "",
+    lines += [f"- {p}: {mark[ok]} ({n})" for p, ok, n in v] + [""] + pilots(out) + ["## Go/no-go on the base (W1)", "",
                                                              "```json", json.dumps(gonogo, indent=1), "```", ""]
     lines += ["## Learning rates chosen on math_dev (blind to safety)", "", "```json", json.dumps(lrs, indent=1), "```",
               "", "## Capability and safety", "", table(s), "", "## Paired differences and mechanism probes", "",
