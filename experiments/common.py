@@ -215,16 +215,24 @@ def mean_finite(xs) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
+def seed_means(out: Path, name: str, seeds: list[int]):
+    """(key, f) for an arm's training curves: key is "reward_mean" (RL) or "loss" (SFT), and f(metric, steps) the
+    mean over seeds of the metric's mean over that slice of steps; None when no seed has metrics."""
+    ms = [m for m in (train_metrics(out / name / f"seed{s}") for s in seeds) if m]
+    if not ms:
+        return None
+    key = "reward_mean" if "reward_mean" in ms[0][0] else "loss"
+    return key, lambda k, sl: mean_finite([mean_finite([r.get(k, float("nan")) for r in m[sl]]) for m in ms])
+
+
 def curves_table(out: Path, names: list[str], seeds: list[int]) -> str:
     """Training at a glance, mean over seeds: loss or sampled reward early and late, KL, length, step time."""
     lines = ["| arm | first 10 steps: loss / sampled reward | last 10 steps | KL to base, last 10 | "
              "response length, last 10 | mean step time (s) |", "|---|---|---|---|---|---|"]
     for n in names:
-        ms = [m for m in (train_metrics(out / n / f"seed{s}") for s in seeds) if m]
-        if not ms:
+        if (means := seed_means(out, n, seeds)) is None:
             continue
-        key = "reward_mean" if "reward_mean" in ms[0][0] else "loss"
-        f = lambda k, sl: mean_finite([mean_finite([r.get(k, float("nan")) for r in m[sl]]) for m in ms])
+        key, f = means
         first, last = slice(0, 10), slice(-10, None)
         lines.append(f"| {n} | {key} {f(key, first):.3f} | {f(key, last):.3f} | {f('kl', last):.4f} | "
                      f"{f('response_len', last):.1f} | {f('time_s', slice(None)):.2f} |")

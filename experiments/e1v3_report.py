@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import fmt_ci, mean_finite, train_metrics, write_json  # noqa: E402
+from common import fmt_ci, mean_finite, seed_means, write_json  # noqa: E402
 
 from minirlvr.analysis import bootstrap_ci  # noqa: E402
 from minirlvr.data import read_jsonl  # noqa: E402
@@ -310,11 +310,9 @@ def curves(out: Path, arms: list[str], seeds: list[int]) -> str:
     lines = ["| arm | loss or reward, first 5 steps | last 5 steps | KL to base, last 5 | step time (s) |",
              "|---|---|---|---|---|"]
     for arm in arms:
-        ms = [m for m in (train_metrics(out / arm / f"seed{s}") for s in seeds) if m]
-        if not ms:
+        if (means := seed_means(out, arm, seeds)) is None:
             continue
-        key = "reward_mean" if "reward_mean" in ms[0][0] else "loss"
-        f = lambda k, sl: mean_finite([mean_finite([r.get(k, float("nan")) for r in m[sl]]) for m in ms])
+        key, f = means
         lines.append(f"| {arm} | {key} {f(key, slice(0, 5)):.3f} | {f(key, slice(-5, None)):.3f} | "
                      f"{f('kl', slice(-5, None)):.4f} | {f('time_s', slice(None)):.2f} |")
     return "\n".join(lines)
