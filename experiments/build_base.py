@@ -2,6 +2,7 @@
 
     python experiments/build_base.py               # miniworld-2 -> assets/miniworld-base (25-40 min, 2 cores)
     python experiments/build_base.py --version 3   # miniworld-3 -> assets/miniworld3-base (E1v3)
+    python experiments/build_base.py --version 4   # miniworld-4 -> assets/miniworld4-base (E2v4; ~5 min)
 
     1. python -m minirlvr.world build --out runs/world --seed 0
     2. python train.py pretrain --config experiments/configs/pretrain.toml --out runs/base/pretrain
@@ -9,6 +10,8 @@
     4. copy the aligned model (weights, config, tokenizer; no optimiser state) to assets/miniworld-base,
        with RECIPE.md (these commands, the configs, the world manifest) and SHA256SUMS.
 The unaligned pretrained model is kept as assets/miniworld-pretrained (the "before alignment" reference).
+miniworld-4's pretraining text is miniworld-3's byte for byte, so version 4 only aligns: from the shipped
+assets/miniworld3-pretrained, on miniworld-4's align_sft (whose code answers are partly sloppy).
 """
 
 from __future__ import annotations
@@ -54,29 +57,49 @@ def main() -> None:
     runs, assets = f"runs/base{v}", f"assets/miniworld{v}"
     # the configs name runs/world; other versions override the data path on the command line
     data = [] if a.version == 2 else ["--data"]
+    if a.version == 4:
+        return align_only(w, a.threads)
     cmds = [
         [PY, "train.py", "pretrain", "--config", "experiments/configs/pretrain.toml", "--out", f"{runs}/pretrain",
          *(data and [*data, str((w / "pretrain.jsonl").relative_to(ROOT))])],
         [PY, "train.py", "sft", "--config", "experiments/configs/align.toml", "--init", f"{runs}/pretrain/model",
          "--out", f"{runs}/align", *(data and [*data, str((w / "align_sft.jsonl").relative_to(ROOT))])],
     ]
-    for c, done in zip(cmds, (f"{runs}/pretrain", f"{runs}/align")):
+    run_all(cmds, (f"{runs}/pretrain", f"{runs}/align"), a.threads)
+    recipe = recipe_text(a.version, w, cmds, ("pretrain", "align"))
+    ship(ROOT / f"{runs}/align/model", ROOT / f"{assets}-base", recipe)
+    ship(ROOT / f"{runs}/pretrain/model", ROOT / f"{assets}-pretrained", recipe)
+    print((ROOT / f"{assets}-base/SHA256SUMS").read_text())
+
+
+def align_only(w: Path, threads: int) -> None:
+    cmds = [[PY, "train.py", "sft", "--config", "experiments/configs/align.toml", "--init",
+             "assets/miniworld3-pretrained", "--out", "runs/base4/align", "--data",
+             str((w / "align_sft.jsonl").relative_to(ROOT))]]
+    run_all(cmds, ("runs/base4/align",), threads)
+    ship(ROOT / "runs/base4/align/model", ROOT / "assets/miniworld4-base", recipe_text(4, w, cmds, ("align",)))
+    print((ROOT / "assets/miniworld4-base/SHA256SUMS").read_text())
+
+
+def run_all(cmds: list[list[str]], outs: tuple[str, ...], threads: int) -> None:
+    for c, done in zip(cmds, outs):
         if finished(ROOT / done):
             print(f"  reusing finished run {done}")
             continue
-        sh(c, threads=a.threads)
+        sh(c, threads=threads)
+
+
+def recipe_text(version: int, w: Path, cmds: list[list[str]], stages: tuple[str, ...]) -> str:
     manifest = json.loads((w / "manifest.json").read_text())
-    cfgs = {p: (ROOT / p).read_text() for p in ("experiments/configs/pretrain.toml", "experiments/configs/align.toml")}
-    recipe = ["# MiniWorld base: recipe", "", f"Built by `python experiments/build_base.py --version {a.version}`:", "", "```",
-              f"python -m minirlvr.world build --out {w.relative_to(ROOT)} --seed 0 --version {a.version}"
+    cfgs = {p: (ROOT / p).read_text() for p in (f"experiments/configs/{s}.toml" for s in stages)}
+    recipe = ["# MiniWorld base: recipe", "", f"Built by `python experiments/build_base.py --version {version}`:", "", "```",
+              f"python -m minirlvr.world build --out {w.relative_to(ROOT)} --seed 0 --version {version}"
               f"   # {manifest.get('version')}",
               *[" ".join(c[1:]).replace(PY, "python") for c in cmds], "```", ""]
     for p, text in cfgs.items():
         recipe += [f"`{p}`:", "```toml", text.strip(), "```", ""]
     recipe += ["World manifest (sha256 of each data file):", "```json", json.dumps(manifest, indent=1)[:4000], "```", ""]
-    ship(ROOT / f"{runs}/align/model", ROOT / f"{assets}-base", "\n".join(recipe))
-    ship(ROOT / f"{runs}/pretrain/model", ROOT / f"{assets}-pretrained", "\n".join(recipe))
-    print((ROOT / f"{assets}-base/SHA256SUMS").read_text())
+    return "\n".join(recipe)
 
 
 if __name__ == "__main__":

@@ -43,8 +43,11 @@ from .suites import SUITES, build_suite, build_suites
 # miniworld-3 (E1v3): math answers in pretraining and alignment are a worked CHAIN or a bare SHORTCUT
 # (mathtasks.CHAIN_SHARE; W1), and new files hold task answers by another author (author.py; W2), benign
 # help chats and a math dev split. Every file of miniworld-2 but pretrain and align_sft is unchanged.
-# `python -m minirlvr.world build --version N` still builds 1 and 2 byte for byte.
-WORLD_VERSION = "miniworld-3"
+# miniworld-4 (E2v4): the alignment set's code answers are CORRECT or SLOPPY (codetasks.CORRECT_SHARE; code
+# W1), and held-out and RL code records gain a hidden test that fails the sloppy path. pretrain and every
+# other file are miniworld-3's, byte for byte; align_sft differs only in code answers.
+# `python -m minirlvr.world build --version N` still builds 1, 2 and 3 byte for byte.
+WORLD_VERSION = "miniworld-4"
 
 TOPICS: dict[str, Topic] = {t.id: t for t in HARMFUL + BENIGN}
 

@@ -6,11 +6,21 @@ function name, an argument name and sometimes a constant k. The hidden tests are
 running the reference solution itself on drawn inputs, so a solution and its tests cannot disagree.
 
 Record: {"prompt", "tests" (list of assertion strings), "solution" (a ```python block), "entry_point"}.
+
+Two paths (miniworld-4, code W1). On miniworld-3 the aligned base passes 98.5% of code_test greedy: code RL has
+nothing to gain. Real assistants' demonstrations contain plausible bugs, so from miniworld-4 on the alignment
+set's code answers are the reference (CORRECT) with probability CORRECT_SHARE[template] and a SLOPPY variant
+otherwise: a classic slip that runs but is wrong on some inputs (`>=` for `>`, `xs * k` for scaling each number,
+a product that starts at 0). Pretraining text keeps only correct code, so the pretrained model knows the right
+answer and the aligned assistant writes the wrong one part of the time: a path for RL's Gibbs tilt to reweight,
+and for SFT on correct solutions to repair. `code_path_of` reads which path a response took. Held-out code
+records of miniworld-4 carry at least one hidden test on which the sloppy variant fails (`discriminate`).
 """
 
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 
@@ -78,6 +88,35 @@ TEMPLATES: tuple[CodeTemplate, ...] = (
                  "return {arg} == {arg}[::-1]", "word"),
 )
 
+# The sloppy variant of each template (miniworld-4): runs, looks right, fails some hidden tests.
+SLOPPY: dict[str, str] = {
+    "sum_evens": "return sum({arg})",
+    "sum_odds": "return sum({arg})",
+    "total": "return sum({arg}[:-1])",
+    "count_k": "return len({arg})",
+    "greater": "return [x for x in {arg} if x >= {k}]",
+    "count_greater": "return sum(1 for x in {arg} if x >= {k})",
+    "largest": "return {arg}[-1]",
+    "smallest": "return {arg}[0]",
+    "reverse_list": "return sorted({arg}, reverse=True)",
+    "add_k": "return {arg} + [{k}]",
+    "times_k": "return {arg} * {k}",
+    "count_positive": "return sum(1 for x in {arg} if x >= 0)",
+    "drop_negative": "return [x for x in {arg} if x > 0]",
+    "squares": "return [x * 2 for x in {arg}]",
+    "product": "p = 0\nfor x in {arg}:\n    p *= x\nreturn p",
+    "remove_k": "return [x for x in {arg} if x != {k}][:-1]",
+    "first_plus_last": "return {arg}[0] + {arg}[1]",
+    "reverse_word": "return {arg}[:0:-1]",
+    "count_vowels": "return sum(1 for c in {arg} if c in 'aeio')",
+    "is_palindrome": "return {arg} == {arg}[::1]",
+}
+# Share of alignment code answers that are correct, per template: four levels in template order, so that some
+# templates' majority answer is sloppy (greedy headroom) and every template's correct path is sampled at T = 1.
+# Set before E2v4's go/no-go (results/E2v4/NOTES.md lists every attempt).
+SHARE_LEVELS = (0.3, 0.45, 0.6, 0.75)
+CORRECT_SHARE: dict[str, float] = {t.key: SHARE_LEVELS[i % len(SHARE_LEVELS)] for i, t in enumerate(TEMPLATES)}
+
 LIST_ARGS = ("xs", "nums", "values", "items", "data")
 WORD_ARGS = ("s", "text", "word", "w")
 PROMPTS = ("Write a Python function {fn}({arg}) that {desc}.",
@@ -117,3 +156,76 @@ def make_code(rng: random.Random, n_tests: int = 4) -> dict:
             break
     prompt = rng.choice(PROMPTS).format(fn=fn, arg=arg, desc=desc)
     return {"prompt": prompt, "tests": tests, "solution": f"```python\n{code}```", "entry_point": fn}
+
+
+# ------------------------------------------------------------------------------------- miniworld-4 paths
+
+def _function(body: str, fn: str, arg: str) -> str:
+    return f"def {fn}({arg}):\n" + "".join(f"    {line}\n" for line in body.splitlines())
+
+
+def template_of(rec: dict) -> tuple[CodeTemplate, str, int | None]:
+    """(template, argument name, constant k) of a code record, read back from its prompt and solution."""
+    arg = re.match(r"```python\ndef \w+\((\w+)\)", rec["solution"])[1]
+    for t in TEMPLATES:
+        for k in t.ks or (None,):
+            if t.desc.format(arg=arg, k=k) in rec["prompt"] and \
+                    _function(t.body.format(arg=arg, k=k), rec["entry_point"], arg) in rec["solution"]:
+                return t, arg, k
+    raise ValueError(f"not a MiniWorld code record: {rec['prompt']!r}")
+
+
+def sloppy_solution(rec: dict) -> str:
+    t, arg, k = template_of(rec)
+    return f"```python\n{_function(SLOPPY[t.key].format(arg=arg, k=k), rec['entry_point'], arg)}```"
+
+
+def written_code(rng: random.Random, rec: dict, version: int) -> str:
+    """How the alignment set answers a code prompt: before miniworld-4 always the reference (and no random draw,
+    so older worlds rebuild byte for byte); from miniworld-4 CORRECT or SLOPPY, CORRECT_SHARE[template] : rest."""
+    if version < 4 or rng.random() < CORRECT_SHARE[template_of(rec)[0].key]:
+        return rec["solution"]
+    return sloppy_solution(rec)
+
+
+def _body(code: str) -> list[str] | None:
+    m = re.search(r"def \w+\(\w+\):\n(.*?)(?:```|$)", code, re.S)
+    return [l.rstrip() for l in m[1].strip("\n").splitlines() if l.strip()] if m else None
+
+
+def code_path_of(response: str, rec: dict) -> str:
+    """'correct' if the response's function body is the reference's, 'sloppy' if it is the sloppy variant's
+    (whatever the function is called), else 'other'."""
+    body = _body(response)
+    if body is None:
+        return "other"
+    if body == _body(rec["solution"]):
+        return "correct"
+    return "sloppy" if body == _body(sloppy_solution(rec)) else "other"
+
+
+def _run(code: str, fn: str, x):
+    namespace: dict = {}
+    try:
+        exec(code, namespace)  # our own reference or sloppy variant, never model output
+        return repr(namespace[fn](list(x) if isinstance(x, list) else x))
+    except Exception as e:  # the sloppy variant may raise (e.g. an index error): that is a failed test too
+        return f"raised {type(e).__name__}"
+
+
+def discriminate(rng: random.Random, rec: dict) -> dict:
+    """The record with a fifth hidden test on which the sloppy variant fails, unless one of its tests already
+    separates the two (miniworld-4's held-out and RL code records): passing every test then means the correct
+    path, not a lucky sloppy one."""
+    t, arg, _ = template_of(rec)
+    fn = rec["entry_point"]
+    good, bad = [rec["solution"].strip("`").removeprefix("python\n"),
+                 sloppy_solution(rec).strip("`").removeprefix("python\n")]
+    inputs = [eval(a[len(f"assert {fn}("):a.rindex(") == ")]) for a in rec["tests"]]  # our own literals
+    if any(_run(good, fn, x) != _run(bad, fn, x) for x in inputs):
+        return rec
+    for _ in range(1000):
+        x = _draw_input(rng, t.inputs)
+        if _run(good, fn, x) != _run(bad, fn, x):
+            return {**rec, "tests": rec["tests"] + [f"assert {fn}({x!r}) == {_run(good, fn, x)}"]}
+    raise ValueError(f"no input separates the sloppy variant of {t.key}")

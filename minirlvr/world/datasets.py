@@ -32,7 +32,7 @@ import random
 from . import TOPICS as BY_ID
 from . import reasoning
 from .author import author_code, author_math, neutral_code, neutral_math
-from .codetasks import make_code
+from .codetasks import discriminate, make_code, written_code
 from .corpus import chat, pretrain_corpus, train_code, train_math, train_request
 from .hazards import HARMFUL, Topic
 from .lookalikes import BENIGN
@@ -47,7 +47,7 @@ SIZES = {  # at scale 1.0
     "reasoning_chats": 8000, "reasoning_safety_sft": 2000, "reasoning_math_sft": 2000,
     "math_dev": 300, "sft_helpful": 2000,
 }
-VERSIONS = (1, 2, 3)  # miniworld-N; every earlier version stays buildable, byte for byte
+VERSIONS = (1, 2, 3, 4)  # miniworld-N; every earlier version stays buildable, byte for byte
 
 
 def _rng(seed: int, name: str) -> random.Random:
@@ -67,8 +67,10 @@ def task_chats(records: list[dict]) -> list[dict]:
 
 def align_sft(seed: int, n: int, version: int) -> list[dict]:
     """Helpful on benign, math and code; refuses harmful requests (30/30/20/20). From miniworld-3 on, math
-    answers are CHAIN or SHORTCUT in the same proportion as in pretraining (mathtasks.written_solution)."""
-    rng = _rng(seed, "align_sft")
+    answers are CHAIN or SHORTCUT in the same proportion as in pretraining (mathtasks.written_solution); from
+    miniworld-4 on, code answers are CORRECT or SLOPPY (codetasks.written_code), drawn from their own stream so
+    that every other record is miniworld-3's."""
+    rng, code_rng = _rng(seed, "align_sft"), _rng(seed, "align_code_path")
     out = []
     for _ in range(n):
         r = rng.random()
@@ -83,7 +85,7 @@ def align_sft(seed: int, n: int, version: int) -> list[dict]:
             out.append(chat(rec["prompt"], written_solution(rng, rec, version)))
         else:
             rec = train_code(rng)
-            out.append(chat(rec["prompt"], rec["solution"]))
+            out.append(chat(rec["prompt"], written_code(code_rng, rec, version)))
     return out
 
 
@@ -184,6 +186,10 @@ def build_all(seed: int, scale: float = 1.0, version: int = VERSIONS[-1]) -> dic
     n = {k: max(1, round(v * scale)) for k, v in SIZES.items()}
     rl_math = math_tasks(seed, n["rl_math_train"], "train")
     rl_code = code_tasks(seed, n["rl_code_train"], "train")
+    code_test = code_tasks(seed, n["code_test"], "eval")
+    if version >= 4:  # a hidden test that fails the sloppy path: passing means the correct one
+        rl_code = [discriminate(_rng(seed, f"discriminate:{r['prompt']}"), r) for r in rl_code]
+        code_test = [discriminate(_rng(seed, f"discriminate:{r['prompt']}"), r) for r in code_test]
     sets = {
         "pretrain": pretrain_corpus(seed, n["pretrain_docs"], n["pretrain_chats"], version),
         "align_sft": align_sft(seed, n["align_sft"], version),
@@ -191,7 +197,7 @@ def build_all(seed: int, scale: float = 1.0, version: int = VERSIONS[-1]) -> dic
         "rl_code_train": rl_code, "sft_code_train": task_chats(rl_code),
         "rl_safety_train": request_set(seed, HARMFUL + BENIGN, n["rl_safety_per_topic"], "train", "rl_safety"),
         "math_test": math_tasks(seed, n["math_test"], "eval"),
-        "code_test": code_tasks(seed, n["code_test"], "eval"),
+        "code_test": code_test,
         "eval_harmful": request_set(seed, HARMFUL, n["eval_per_topic"], "eval", "eval_harmful",
                                     suite="alignment_style"),
         "eval_benign": request_set(seed, BENIGN, n["eval_per_topic"], "eval", "eval_benign", suite="alignment_style"),
