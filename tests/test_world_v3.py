@@ -55,7 +55,7 @@ def test_only_pretrain_and_align_change_from_version_2_and_new_files_are_added(v
                                  "sft_helpful", "math_dev"}
     assert all(procedure_of(a) == "chain" for a in math_answers(v2["pretrain"] + v2["align_sft"]))
     with pytest.raises(ValueError, match="version"):
-        build_all(0, 0.01, version=4)
+        build_all(0, 0.01, version=5)
 
 
 def test_w1_math_answers_are_chain_or_shortcut_in_the_fixed_proportion(v3):
