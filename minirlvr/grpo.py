@@ -27,14 +27,14 @@ import torch
 
 from kernels import AGGREGATORS, KL_ESTIMATORS, POLICY_LOSSES, LossConfig, loss_units, policy_loss
 from minirlvr import algos, dist
-from minirlvr.checkpoint import StopSignal, after_step, restore_training, save_checkpoint, start_training
+from minirlvr.checkpoint import restore_training, save_checkpoint
 from minirlvr.config import ConfigError, check
 from minirlvr.data import prompt_of, read_many, record_kind, row_batch
-from minirlvr.metrics import MetricsLog, Progress, check_report_to
 from minirlvr.model import Transformer
 from minirlvr.optim import apply_update, autocast, check_finite, lr_at, make_adamw, set_lr
 from minirlvr.rewards import gold_answer, load_reward
 from minirlvr.rollout import Rollout, response_logprobs, rollout
+from minirlvr.run import MetricsLog, Progress, StopSignal, after_step, check_report_to, start_training
 from minirlvr.sampler import Batch
 from minirlvr.tokenizer import Tokenizer
 from minirlvr.verifier import MATH_MODES, verify_math
