@@ -16,6 +16,7 @@ one process would make.
 
 from __future__ import annotations
 
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -25,15 +26,12 @@ from kernels import LossConfig, loss_units, policy_loss
 from minirlvr import algos, dist
 from minirlvr.model import Transformer
 from minirlvr.optim import apply_update, autocast, check_finite, lr_at, set_lr
-from minirlvr.rl import GRPOConfig, StepClock, finish_step, loss_config, start_run, step_rollout
+from minirlvr.rl import GRPOConfig, finish_step, loss_config, start_run, step_rollout
 from minirlvr.rollout import response_logprobs
 from minirlvr.run import StopSignal
 from minirlvr.sampler import Batch
 
 Tensor = torch.Tensor
-
-__all__ = ["GRPOConfig", "train_grpo", "policy_step", "loss_config", "micro_batches", "global_minibatches"]
-
 
 def train_grpo(cfg: GRPOConfig) -> Path:
     run = start_run(cfg, "grpo")
@@ -45,17 +43,17 @@ def train_grpo(cfg: GRPOConfig) -> Path:
     # Ctrl-C/SIGTERM: the step finishes, a checkpoint is saved, train.py prints how to continue (StopSignal)
     with StopSignal() as signals, closing(run.log), closing(run.samples):
         for step in range(run.start, cfg.steps):
-            clock = StepClock()
+            t0 = time.time()
             # 1. rollout: G responses per prompt, scored
             ro = step_rollout(run, cfg, step)
             batch, mask = ro.batch, ro.batch.response_mask
-            clock.lap("generate")
+            t_gen = time.time() - t0
 
             # 2. old and reference log-probs, no grad
             with torch.no_grad(), autocast(device, cfg.bf16):
                 old_logp = torch.zeros_like(mask) if on_policy else frozen_logprobs(policy, batch, cfg)
                 ref_logp = frozen_logprobs(ref, batch, cfg) if ref is not None else None
-            clock.lap("logprob")
+            t_lp = time.time() - t0 - t_gen
 
             # 3. advantages: each reward against its group's
             rewards = ro.rewards
@@ -74,8 +72,9 @@ def train_grpo(cfg: GRPOConfig) -> Path:
                 for rows in global_minibatches(len(rewards), cfg.minibatches, cfg.seed * 7919 + step):
                     stats.append(policy_step(policy, opt, batch, rows, old_logp, ref_logp, advantages, loss_mask, cfg,
                                              lcfg, step, on_policy))
-            clock.lap("update")
-            finish_step(run, cfg, step, ro, old_logp, ref_logp, stats, clock, "grpo", signals.requested(device))
+            t_up = time.time() - t0 - t_gen - t_lp
+            finish_step(run, cfg, step, ro, old_logp, ref_logp, stats, (time.time() - t0, t_gen, t_lp, t_up), "grpo",
+                        signals.requested(device))
     return Path(cfg.out) / "model"
 
 

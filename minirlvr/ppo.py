@@ -13,6 +13,7 @@ the policy moves from the reference stays a question of the policy loss and the 
 
 from __future__ import annotations
 
+import time
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from minirlvr.config import ConfigError, check
 from minirlvr.grpo import by_micro_batch, frozen_logprobs, global_minibatches, micro_batches, policy_step
 from minirlvr.model import Transformer
 from minirlvr.optim import apply_update, autocast, check_finite, lr_at, make_adamw, set_lr
-from minirlvr.rl import GRPOConfig, StepClock, finish_step, loss_config, start_run, step_rollout
+from minirlvr.rl import GRPOConfig, finish_step, loss_config, start_run, step_rollout
 from minirlvr.run import StopSignal
 from minirlvr.sampler import Batch
 
@@ -176,18 +177,18 @@ def train_ppo(cfg: PPOConfig) -> Path:
 
     with StopSignal() as signals, closing(run.log), closing(run.samples):  # as train_grpo
         for step in range(run.start, cfg.steps):
-            clock = StepClock()
+            t0 = time.time()
             # 1. rollout
             ro = step_rollout(run, cfg, step)
             batch, mask = ro.batch, ro.batch.response_mask
-            clock.lap("generate")
+            t_gen = time.time() - t0
 
             # 2. old and reference log-probs, and the critic's values, no grad
             with torch.no_grad(), autocast(device, cfg.bf16):
                 old_logp = frozen_logprobs(policy, batch, cfg)
                 ref_logp = frozen_logprobs(ref, batch, cfg) if ref is not None else None
                 old_values = by_micro_batch(lambda rows: response_values(critic, batch, rows), batch, cfg)
-            clock.lap("logprob")
+            t_lp = time.time() - t0 - t_gen
 
             # 3. advantages: GAE over KL-penalised per-token rewards, whitened over all ranks
             token_rewards = kl_penalised_rewards(ro.rewards, old_logp, old_logp if ref_logp is None else ref_logp, mask,
@@ -206,9 +207,9 @@ def train_ppo(cfg: PPOConfig) -> Path:
                     s["value_loss"] = critic_step(critic, critic_opt, batch, rows, old_values, returns, mask, cfg,
                                                   step)
                     stats.append(s)
-            clock.lap("update")
-            finish_step(run, cfg, step, ro, old_logp, ref_logp, stats, clock, "ppo", signals.requested(device),
-                        critic=critic, critic_opt=critic_opt)
+            t_up = time.time() - t0 - t_gen - t_lp
+            finish_step(run, cfg, step, ro, old_logp, ref_logp, stats, (time.time() - t0, t_gen, t_lp, t_up), "ppo",
+                        signals.requested(device), critic=critic, critic_opt=critic_opt)
     return Path(cfg.out) / "model"
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,22 +173,11 @@ def loss_config(cfg: GRPOConfig, kl_coef: float) -> LossConfig:
                       float(cfg.max_new_tokens))
 
 
-class StepClock:
-    """A step's wall-clock time, split into its phases (the time_* metrics: generate, logprob, update)."""
-
-    def __init__(self):
-        self.start = self.last = time.time()
-        self.phases: dict[str, float] = {}
-
-    def lap(self, phase: str) -> None:
-        now = time.time()
-        self.phases[phase], self.last = now - self.last, now
-
-
 # ------------------------------------------------------------------------------------- a step's end
 
 def finish_step(run: Run, cfg: GRPOConfig, step: int, ro: Rollout, old_logp: Tensor, ref_logp: Tensor | None,
-                stats: list[dict], clock: StepClock, stage: str, stop: str | None, **critic) -> None:
+                stats: list[dict], times: tuple[float, float, float, float], stage: str, stop: str | None,
+                **critic) -> None:
     """Log the step (rollout numbers over all ranks, update statistics averaged over optimiser steps) and a few
     of its rollouts; warn when there is nothing to learn; save a checkpoint every save_every steps, after the
     last, and before stopping early (`stop`: a signal; or stop_if_no_signal steps in a row without signal)."""
@@ -205,7 +193,7 @@ def finish_step(run: Run, cfg: GRPOConfig, step: int, ro: Rollout, old_logp: Ten
         [mask.sum(), ro.rewards.float().sum(), ro.correct.float().sum(), kl, flexible.sum(),
          truncated.float().sum()])).tolist()
     everyone = dist.all_gather(ro.rewards)
-    dt = time.time() - clock.start
+    dt, t_gen, t_lp, t_up = times
     row = {"step": step, "reward_mean": reward_sum / R, "reward_std": float(everyone.std()) if R > 1 else 0.0,
            "accuracy": correct_sum / R, "accuracy_flexible": flexible_sum / R,
            "kl": kl_sum / n_tok if ref_logp is not None else 0.0, "response_len": n_tok / R,
@@ -213,7 +201,7 @@ def finish_step(run: Run, cfg: GRPOConfig, step: int, ro: Rollout, old_logp: Ten
     if G > 1:  # share of groups whose G rewards are all equal: no signal for a group baseline
         row["zero_variance_share"] = float(algos.zero_variance_groups(everyone, G).float().mean())
     row.update({k: sum(s[k] for s in stats) / len(stats) for k in stats[0]})
-    row.update(tokens_per_s=n_tok / dt, **{f"time_{k}": v for k, v in clock.phases.items()}, time_s=dt)
+    row.update(tokens_per_s=n_tok / dt, time_generate=t_gen, time_logprob=t_lp, time_update=t_up, time_s=dt)
     run.log.write(row)
     write_samples(run, cfg, step, ro, records, truncated)
     run.bar.update(step, reward=row["reward_mean"], acc=row["accuracy"], kl=row["kl"])

@@ -39,10 +39,6 @@ object whose __eq__ is always True, writing a fake result to the result pipe, re
 the test from the caller's frame, or the other programs of its launch from the memory
 every worker inherits). It contains code; it does not make rewards unhackable.
 
-One launch runs a batch of programs one after another (code_verifier.run_codes), so the
-interpreter start-up and the namespaces, ~80 ms of CPU, are paid once per batch: a program
-gets its own deadline, a fresh worker per test and an emptied workdir, as if run alone.
-
 Worker result protocol on fd 3: b"L" once the code has loaded, then b"P" (passed),
 b"F<msg>" (the test raised) or b"E<msg>" (the code raised while loading). A worker that
 exits without writing P/F/E counts as failed, so os._exit(0) does not pass a test.
