@@ -22,9 +22,10 @@ import sys
 from pathlib import Path
 
 from minirlvr import dist
-from minirlvr.checkpoint import CheckpointError, Stopped, resume_command
+from minirlvr.checkpoint import CheckpointError
 from minirlvr.config import ConfigError, config_help, load_config
 from minirlvr.data import DataError
+from minirlvr.run import Stopped, resume_command
 
 # stage -> (module, config class, loop); a stage imports only its own module
 STAGES = {"pretrain": ("minirlvr.sft", "PretrainConfig", "pretrain"), "sft": ("minirlvr.sft", "SFTConfig", "sft"),

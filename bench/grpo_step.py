@@ -68,7 +68,7 @@ def step_prompts(records: list[dict], cfg: dict) -> list[dict]:
 # ------------------------------------------------------------------------------------------- ours
 
 def run_ours(cfg: dict) -> dict:
-    from minirlvr import grpo, metrics, tokenizer
+    from minirlvr import grpo, run as metrics, tokenizer
     # Equal work: no stop token, every row samples exactly max_new_tokens (TRL's side: min_new_tokens).
     tokenizer.Tokenizer.stop_ids = property(lambda self: [])
     rows, cpu = [], []

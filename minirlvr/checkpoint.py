@@ -1,6 +1,6 @@
 """Checkpoints without pickle: Hugging Face model directories (checked JSON, single or sharded safetensors,
-atomic writes; every error names the file and the field or tensor), the trainer state beside them, and the
-life of a run: start (or resume), save, stop on a signal.
+atomic writes; every error names the file and the field or tensor) and the trainer state beside them. When a
+run saves, resumes or stops is run.py's.
 
 A run's folder OUT:
     model/                  the HF folder a user uploads: config.json, model.safetensors, tokenizer files,
@@ -21,22 +21,13 @@ import contextlib
 import json
 import os
 import random
-import shlex
 import shutil
-import signal
-import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-
-from minirlvr import dist
-from minirlvr.config import ConfigError, resume_config, save_config
-from minirlvr.optim import pick_device
 
 
 class CheckpointError(ValueError):
@@ -255,147 +246,3 @@ def restore_training(state: dict | None, opt: torch.optim.Optimizer) -> int:
     v, internal, gauss = state["python_rng"]
     random.setstate((v, tuple(internal), gauss))
     return state["step"]
-
-
-# ------------------------------------------------------------------------------------- a run's life
-
-RUN_FILES = ("config.json", "metrics.jsonl", "samples.jsonl", "model", "state", "tensorboard")
-
-
-def start_training(cfg, stage: str) -> tuple[torch.device, dict | None]:
-    """What every training loop does first: processes, device and seed; on --resume the checkpoint's config and
-    state (else the model folders checked); OUT claimed for this run; OUT/config.json. Returns (device, the
-    resumed state or None)."""
-    _, _, dev = dist.init()
-    device = pick_device(str(dev) if dev else cfg.device)
-    torch.manual_seed(cfg.seed)
-    state = resume(cfg, stage) if cfg.resume else None
-    for key in ("init", "ref") if state is None else ():
-        if getattr(cfg, key, ""):
-            model_dir(getattr(cfg, key), key)
-    claim_out(cfg, own=state is not None and Path(cfg.out).resolve() == Path(cfg.resume).parent.resolve())
-    return device, state
-
-
-def resume(cfg, stage: str) -> dict:
-    """The checkpoint's state, and its config in cfg (resume_config: so a chain of resumes continues the first
-    run, and a flag that would fork it is refused)."""
-    ckpt = model_dir(cfg.resume, "resume")
-    if (ckpt / "model" / "trainer_state.json").is_file():  # --resume OUT means OUT/model
-        ckpt = ckpt / "model"
-    cfg.resume = str(ckpt)
-    state = read_state(ckpt)
-    resume_config(cfg, state["config"], str(ckpt / "trainer_state.json"), stage)
-    if "out" not in getattr(cfg, "_given", {"out"}):  # the run goes on beside its checkpoint, wherever that is now
-        cfg.out = str(ckpt.parent)
-    if state["step"] >= cfg.steps:
-        raise ConfigError(f"{ckpt}: the checkpoint is at step {state['step']} of {cfg.steps}: nothing to do "
-                          f"(--steps N, N > {state['step']}, trains further)")
-    before = state["config"].get("steps", cfg.steps)
-    if before != cfg.steps and cfg.min_lr_frac < 1 and state["step"] > cfg.warmup and dist.rank() == 0:
-        print(f"note: steps {before} -> {cfg.steps} moves the end of the cosine lr decay; the steps before "
-              f"{state['step']} followed the {before}-step schedule, so this is not the run --steps {cfg.steps} "
-              "makes from the start", file=sys.stderr)
-    return state
-
-
-def claim_out(cfg, own: bool) -> None:
-    """A run never writes over another by accident: an OUT holding a run's files is refused unless --overwrite,
-    which deletes those files (only those: a launcher's log stays). A resume writes into its own run (own).
-    Files of a run that never finished a step (it failed on a bad input after writing config.json, or was
-    stopped before its first step) hold nothing to lose: they are replaced, so the corrected command just runs."""
-    out = Path(cfg.out)
-    found = [] if own else [n for n in RUN_FILES if (out / n).exists()]
-    if found and not cfg.overwrite and ran_a_step(out):
-        raise ConfigError(f"{out}: holds a run ({', '.join(found)}); --overwrite replaces it"
-                          + (f", --resume {out / 'model'} continues it" if "model" in found else ""))
-    dist.barrier()  # every rank has looked at OUT before rank 0 changes it
-    if dist.rank() == 0:
-        for name in found:
-            shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.json")
-
-
-def ran_a_step(out: Path) -> bool:
-    """OUT holds a checkpoint or a logged step (metrics.jsonl gets its first line when step 0 ends)."""
-    metrics = out / "metrics.jsonl"
-    return (out / "model").exists() or (out / "state").exists() or (metrics.is_file() and metrics.stat().st_size > 0)
-
-
-def model_dir(path: str, key: str) -> Path:
-    p = Path(path)
-    if not (p / "config.json").is_file():
-        why = "no such directory" if not p.exists() else "not a model folder (no config.json)"
-        raise CheckpointError(f"{p}: {why}; --{key} takes a Hugging Face model folder")
-    return p
-
-
-def save_due(cfg, step: int) -> bool:
-    """Rank 0 saves every save_every steps (0: never; -1, the default: a tenth of the run, so that an interrupted
-    run loses little) and after the last step."""
-    n = max(1, cfg.steps // 10) if cfg.save_every < 0 else cfg.save_every
-    return dist.rank() == 0 and (step + 1 == cfg.steps or bool(n and (step + 1) % n == 0))
-
-
-class Stopped(Exception):
-    """The loop stopped before its last step, after saving a checkpoint; train.py prints the message and the
-    command that continues the run (with `flags`), and exits with `code`."""
-
-    def __init__(self, message: str, checkpoint: Path, step: int, code: int, flags: str = ""):
-        super().__init__(message)
-        self.checkpoint, self.step, self.code, self.flags = checkpoint, step, code, flags
-
-
-class StopSignal:
-    """Within `with StopSignal() as signals:`, SIGINT (Ctrl-C) and SIGTERM only set a flag, which the loop
-    reads after each step (signals.requested), to save a checkpoint and stop. A second signal a second or more
-    later gets the old handler (Ctrl-C: KeyboardInterrupt, SIGTERM: exit), for a user who cannot wait for the
-    step to end; one within the second is the same request again (under torchrun a Ctrl-C reaches each worker
-    twice: from the terminal, and forwarded by torchrun)."""
-
-    def __enter__(self):
-        self.got, self.at, self.old = None, 0.0, {}
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                if signal.getsignal(s) is not signal.SIG_IGN:  # e.g. a background job's SIGINT stays ignored
-                    self.old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.got is None:
-            self.got, self.at = signal.Signals(signum).name, time.monotonic()
-            if dist.rank() == 0:
-                print(f"\n{self.got}: saving a checkpoint after this step (again to stop at once)", file=sys.stderr,
-                      flush=True)
-        elif time.monotonic() - self.at > 1.0:
-            self.__exit__()
-            old = self.old[signum]
-            old(signum, frame) if callable(old) else os.kill(os.getpid(), signum)
-
-    def __exit__(self, *exc):
-        for s, h in self.old.items():
-            signal.signal(s, h)
-        return False
-
-    def requested(self, device: torch.device) -> str | None:
-        """Why to stop, if any rank got a signal: every rank stops after the same step."""
-        anyone = self.got is not None
-        if dist.world_size() > 1:
-            anyone = float(dist.all_sum(torch.full((), float(anyone), device=device))) > 0
-        return f"interrupted ({self.got or 'a signal to another process'})" if anyone else None
-
-
-def after_step(cfg, step: int, save, stop: str | None = None, code: int = 130, flags: str = "") -> None:
-    """Rank 0 calls save() when due and before stopping; a stop reason (a signal, no learning signal) then ends
-    the run with Stopped."""
-    if dist.rank() == 0 and (stop or save_due(cfg, step)):
-        save()
-    if stop:
-        raise Stopped(stop, Path(cfg.out) / "model", step + 1, code, flags)
-
-
-def resume_command(stage: str, checkpoint: Path, flags: str = "") -> str:
-    launcher = f"torchrun --nproc_per_node {dist.world_size()}" if dist.world_size() > 1 else "python"
-    script = sys.argv[0] if sys.argv and sys.argv[0].endswith("train.py") else "train.py"
-    return " ".join([launcher, shlex.quote(script), stage, "--resume", shlex.quote(str(checkpoint)), flags]).strip()

@@ -182,7 +182,7 @@ def evaluate(model, tok, sets: dict[str, list[dict]], temperature: float = 0.0, 
     fast: the sampler's and the log-probs' speed paths (generate(fast=True), Batch.pack): the same distributions,
     other rounding and another random stream, so rows differ from fast=False's, reproducibly."""
     import torch
-    from minirlvr.metrics import Progress
+    from minirlvr.run import Progress
     from minirlvr.sampler import generate
     stops = set(tok.stop_ids or ())
     bar = Progress(sum(len(r) for r in sets.values()), enabled=progress, every=1, unit="prompt")

@@ -24,12 +24,13 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from minirlvr import dist
-from minirlvr.checkpoint import StopSignal, load_optimizer, read_tensors
+from minirlvr.checkpoint import load_optimizer, read_tensors
 from minirlvr.config import ConfigError, check
-from minirlvr.grpo import (GRPOConfig, by_micro_batch, finish_step, frozen_logprobs, global_minibatches, loss_config,
-                           micro_batches, policy_step, start_run, step_rollout)
+from minirlvr.grpo import by_micro_batch, frozen_logprobs, global_minibatches, micro_batches, policy_step
 from minirlvr.model import Transformer
 from minirlvr.optim import apply_update, autocast, check_finite, lr_at, make_adamw, set_lr
+from minirlvr.rl import GRPOConfig, finish_step, loss_config, start_run, step_rollout
+from minirlvr.run import StopSignal
 from minirlvr.sampler import Batch
 
 Tensor = torch.Tensor

@@ -1,8 +1,9 @@
-"""The jail that runs model-written code. Started by `verifier.run_code` as
+"""The jail that runs model-written code. Started by `code_verifier.run_code` as
 
     python -I -S minirlvr/sandbox.py      (programs as JSON on stdin, one JSON line per test on stdout)
 
-It imports only the standard library and is never imported by the trainer: starting
+It imports only the standard library (and jail.py beside it: the namespaces and the
+sealed filesystem) and is never imported by the trainer: starting
 a bare interpreter (-I: no environment, user site or cwd on sys.path; -S: no
 site-packages) costs ~10 ms, importing torch would cost seconds.
 
@@ -38,16 +39,11 @@ object whose __eq__ is always True, writing a fake result to the result pipe, re
 the test from the caller's frame, or the other programs of its launch from the memory
 every worker inherits). It contains code; it does not make rewards unhackable.
 
-One launch runs a batch of programs one after another (verifier.run_codes), so the
-interpreter start-up and the namespaces, ~80 ms of CPU, are paid once per batch: a program
-gets its own deadline, a fresh worker per test and an emptied workdir, as if run alone.
-
 Worker result protocol on fd 3: b"L" once the code has loaded, then b"P" (passed),
 b"F<msg>" (the test raised) or b"E<msg>" (the code raised while loading). A worker that
 exits without writing P/F/E counts as failed, so os._exit(0) does not pass a test.
 """
 
-import ctypes
 import json
 import os
 import resource
@@ -70,77 +66,22 @@ SETUP_FAILED = 71          # worker exit code when confinement could not be set 
 PRELOAD = ("math", "re", "collections", "itertools", "functools", "heapq", "bisect",
            "string", "operator", "typing")
 
-# Linux constants (include/uapi/linux/{sched,mount,prctl}.h); the syscall number of
-# mount_setattr is the same (442) on every architecture that has it.
-CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER = 0x00020000, 0x08000000, 0x10000000
-CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 8, 0x1000, 0x4000, 0x40000
-MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV = 1, 2, 4
-AT_FDCWD, AT_RECURSIVE, SYS_MOUNT_SETATTR = -100, 0x8000, 442
-PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-class _MountAttr(ctypes.Structure):
-    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
-
-
-def _check(ret: int, what: str) -> None:
-    if ret != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def _enc(s):
-    return None if s is None else s.encode()
-
-
-def _mount(source, target, fstype, flags: int, data: str | None = None) -> None:
-    _check(_libc.mount(_enc(source), _enc(target), _enc(fstype), ctypes.c_ulong(flags), _enc(data)),
-           f"mount {target}")
-
-
-def _mount_setattr(path: str, flags: int, set_: int = 0, clear: int = 0) -> None:
-    attr = _MountAttr(set_, clear, 0, 0)
-    _check(_libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, _enc(path), flags,
-                         ctypes.byref(attr), ctypes.sizeof(attr)), f"mount_setattr {path}")
-
-
-def _prctl(option: int, value: int) -> None:
-    _check(_libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0), f"prctl {option}")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I leaves this file's folder off sys.path
+from jail import (PR_SET_CHILD_SUBREAPER, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG,  # noqa: E402
+                  prctl, seal_filesystem, unshare_namespaces)
+del sys.path[0]                                                  # the code under test gets -I's sys.path
 
 
 # ---------------------------------------------------------------- launcher
 
-def _unshare_namespaces(root: bool) -> set:
-    """Enter new net/mount/pid/ipc namespaces; returns the names that worked."""
-    flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC
-    try:
-        if root:
-            _check(_libc.unshare(flags), "unshare")
-        else:
-            # An unprivileged user may own namespaces inside its own user namespace.
-            uid, gid = os.getuid(), os.getgid()
-            _check(_libc.unshare(flags | CLONE_NEWUSER), "unshare")
-            for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
-                               ("gid_map", f"{gid} {gid} 1")):
-                with open(f"/proc/self/{name}", "w") as f:
-                    f.write(text)
-    except OSError:
-        return set()
-    return {"netns", "mountns", "pidns", "ipcns"}
-
-
 def main() -> None:
     job = json.loads(sys.stdin.buffer.read())
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)     # never outlive the caller...
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)     # never outlive the caller...
     if os.getppid() != job["caller_pid"]:        # ...even if it died before the line above
         sys.exit(1)
     root = os.geteuid() == 0
     uid = UID_BASE + os.getpid() if root else None
-    features = _unshare_namespaces(root)
+    features = unshare_namespaces(root)
     if uid is not None:
         os.chown(job["workdir"], uid, uid)
         features.add("uid")
@@ -160,47 +101,13 @@ def main() -> None:
 
 # ---------------------------------------------------------------- supervisor
 
-def _expose_stdlib() -> None:
-    """Let the sandbox uid import from the stdlib even when it lives in a private directory
-    (here /root/.pyenv/..., /root being mode 700): cover the first untraversable ancestor
-    with an empty tmpfs and bind only the stdlib directory back in. The rest of that
-    directory (a home, say) stays invisible."""
-    stdlib = os.path.dirname(os.__file__)
-    path, blocked = "/", None
-    for part in stdlib.strip("/").split("/"):
-        path = os.path.join(path, part)
-        if not os.stat(path).st_mode & 0o001:           # 'other' may not traverse it
-            blocked = path
-            break
-    if blocked is None or blocked == stdlib:
-        return
-    keep = os.open(stdlib, os.O_PATH)                   # still reachable once `blocked` is covered
-    try:
-        _mount("tmpfs", blocked, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=64k")
-        os.makedirs(stdlib, mode=0o755)
-        _mount(f"/proc/self/fd/{keep}", stdlib, None, MS_BIND | MS_REC)
-    finally:
-        os.close(keep)
-
-
-def _seal_filesystem(workdir: str, own_proc: bool) -> None:
-    """Read-only everything except `workdir`, inside our private mount namespace."""
-    _mount(None, "/", None, MS_REC | MS_PRIVATE)          # nothing below propagates to the host
-    _mount(workdir, workdir, None, MS_BIND)               # make workdir a mount of its own
-    _expose_stdlib()
-    if own_proc:                                          # /proc of our pid namespace only
-        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    _mount_setattr("/", AT_RECURSIVE, set_=MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID)
-    _mount_setattr(workdir, 0, set_=MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, clear=MOUNT_ATTR_RDONLY)
-
-
 def _supervise(job: dict, uid, features: set) -> None:
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)     # as pid 1, our death takes the namespace down
-    _prctl(PR_SET_CHILD_SUBREAPER, 1)            # orphans are ours to reap, even without a pid ns
-    _prctl(PR_SET_DUMPABLE, 0)                   # same-uid workers cannot open /proc/1/fd/1 to forge results
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)     # as pid 1, our death takes the namespace down
+    prctl(PR_SET_CHILD_SUBREAPER, 1)            # orphans are ours to reap, even without a pid ns
+    prctl(PR_SET_DUMPABLE, 0)                   # same-uid workers cannot open /proc/1/fd/1 to forge results
     if "mountns" in features:
         try:
-            _seal_filesystem(job["workdir"], own_proc="pidns" in features)
+            seal_filesystem(job["workdir"], own_proc="pidns" in features)
             features.add("readonly_fs")
         except OSError as e:
             os.write(2, f"sandbox: filesystem not sealed: {e}\n".encode())
@@ -412,8 +319,8 @@ def _worker(code: tuple, test, uid, workdir: str, res_w: int, out_w: int, budget
             os.setgroups([])
             os.setgid(uid)
             os.setuid(uid)
-        _prctl(PR_SET_NO_NEW_PRIVS, 1)           # setuid binaries cannot give privileges back
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # (cleared by setuid, so set it after)
+        prctl(PR_SET_NO_NEW_PRIVS, 1)           # setuid binaries cannot give privileges back
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # (cleared by setuid, so set it after)
         os.chdir(workdir)
         sys.addaudithook(_deny_network)          # cannot be removed once added
     except BaseException as e:

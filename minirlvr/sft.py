@@ -16,13 +16,12 @@ from pathlib import Path
 import torch
 
 from minirlvr import dist
-from minirlvr.checkpoint import (CheckpointError, StopSignal, after_step, restore_training, save_checkpoint,
-                                 start_training)
+from minirlvr.checkpoint import CheckpointError, restore_training, save_checkpoint
 from minirlvr.config import ConfigError, check
 from minirlvr.data import pack_examples, pretrain_stream, read_many, row_batch, sft_examples, stream_batch
-from minirlvr.metrics import MetricsLog, Progress, check_report_to
 from minirlvr.model import SUPPORTED_MODEL_TYPES, ModelConfig, Transformer
 from minirlvr.optim import apply_update, autocast, check_finite, lr_at, make_adamw, set_lr
+from minirlvr.run import MetricsLog, Progress, StopSignal, after_step, check_report_to, start_training
 from minirlvr.tokenizer import Tokenizer
 
 

@@ -14,13 +14,14 @@ import minirlvr.grpo as G  # noqa: E402
 import minirlvr.ppo as P  # noqa: E402
 from minirlvr import dist  # noqa: E402
 from minirlvr.data import row_batch  # noqa: E402
+from minirlvr.rollout import rollout  # noqa: E402
 
 
 def global_then_shard(run, cfg, step):
     """step_rollout of rank 0 of a single process, then this rank's rows of it."""
     idx = row_batch(len(run.records), step, cfg.prompts_per_step, cfg.seed)
     run.policy.eval()
-    ro = G.rollout(run.policy, run.tok, [run.records[i] for i in idx.tolist()], cfg, seed=cfg.seed * 1_000_003 + step * 101)
+    ro = rollout(run.policy, run.tok, [run.records[i] for i in idx.tolist()], cfg, seed=cfg.seed * 1_000_003 + step * 101)
     return ro.rows(dist.shard(len(ro.rewards)))
 
 

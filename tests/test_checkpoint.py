@@ -18,11 +18,12 @@ import pytest
 import torch
 
 import train
-from minirlvr.checkpoint import CheckpointError, Stopped, save_checkpoint
+from minirlvr.checkpoint import CheckpointError, save_checkpoint
 from minirlvr.config import ConfigError, load_config
 from minirlvr.grpo import GRPOConfig, train_grpo
 from minirlvr.model import Transformer
 from minirlvr.optim import make_adamw
+from minirlvr.run import Stopped
 from minirlvr.tokenizer import Tokenizer
 from test_train import Interrupt, _interrupt_at, metrics, rl_args, strip_times, tiny, train_rl, write_jsonl  # noqa: F401
 
@@ -313,7 +314,7 @@ def always_zero(rec, text):
 
 
 def test_truncated_share_counts_responses_cut_by_the_budget():
-    from minirlvr.grpo import truncated_rows
+    from minirlvr.rl import truncated_rows
     from minirlvr.sampler import build_batch
     batch = build_batch([[5, 6], [7]], [[1, 2, 9], [3, 4, 2]])  # 2 is a stop id; budget 3
     assert truncated_rows(batch, [2], 3).tolist() == [True, False]
@@ -334,7 +335,7 @@ def test_math_rewards_follow_answer_mode_and_flexible_accuracy_is_logged(tmp_pat
 def test_report_to_tensorboard_gets_every_row_and_is_closed(tiny, tmp_path, monkeypatch, capsys):
     import importlib.util
 
-    import minirlvr.metrics as M
+    import minirlvr.run as M
     d, _, _ = tiny
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     assert train.main(cli_args(d, tmp_path / "none", 2) + ["--report_to", "tensorboard"]) == 2
@@ -371,7 +372,7 @@ def test_more_steps_on_a_cosine_schedule_says_the_run_differs(tiny, tmp_path, ca
 
 
 def test_a_checkpoint_is_saved_every_tenth_of_the_run_by_default():
-    from minirlvr.checkpoint import save_due
+    from minirlvr.run import save_due
     due = lambda **k: [s for s in range(k["steps"]) if save_due(GRPOConfig(init="m", data=["d"], **k), s)]
     assert due(steps=50) == [4, 9, 14, 19, 24, 29, 34, 39, 44, 49]
     assert due(steps=3) == [0, 1, 2] and due(steps=25) == [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 24]
@@ -379,7 +380,7 @@ def test_a_checkpoint_is_saved_every_tenth_of_the_run_by_default():
 
 
 def test_a_second_signal_within_a_second_is_the_same_request_and_a_later_one_acts_at_once():
-    from minirlvr.checkpoint import StopSignal
+    from minirlvr.run import StopSignal
     # a test run launched as a background job inherits an ignored SIGINT, which StopSignal rightly leaves alone
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:

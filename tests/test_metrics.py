@@ -3,12 +3,12 @@
 import io
 import json
 import sys
+import time
 
 import pytest
 
-from minirlvr import metrics
 from minirlvr.data import DataError
-from minirlvr.metrics import MetricsLog, Progress, fmt_rate
+from minirlvr.run import MetricsLog, Progress, fmt_rate
 
 
 def rows(path):
@@ -67,7 +67,7 @@ def test_rate_reads_seconds_per_step_when_a_step_is_slow():
 
 def test_progress_line(monkeypatch):
     clock = iter([100.0, 110.0, 120.0])                              # 10 s per step
-    monkeypatch.setattr(metrics.time, "time", lambda: next(clock))
+    monkeypatch.setattr(time, "time", lambda: next(clock))
     err = io.StringIO()
     monkeypatch.setattr(sys, "stderr", err)
     bar = Progress(3, every=1)

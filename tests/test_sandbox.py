@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from minirlvr import sandbox, verifier
+from minirlvr import code_verifier, sandbox
 from minirlvr.verifier import DETAIL_CAP, CodeResult, run_code, sandbox_features
 
 ROOT = os.geteuid() == 0
@@ -146,7 +146,7 @@ def test_run_codes_gives_what_run_code_gives_one_by_one():
     jobs = [(SUM_EVENS, ["assert sum_evens([2, 3]) == 2"]), (SUM_EVENS, ["assert sum_evens([2]) == 3"]),
             ("def f(:", ["assert f() == 1"]), ("while True:\n    pass", ["assert True"]),
             ("def f():\n    return 1", ["assert f() == 1", "assert f() == 2"]), (SUM_EVENS, "assert sum_evens([]) == 0")]
-    batch = verifier.run_codes(jobs, timeout=1.0, per_launch=3)
+    batch = code_verifier.run_codes(jobs, timeout=1.0, per_launch=3)
     alone = [run_code(code, tests, timeout=1.0) for code, tests in jobs]
     assert [(r.passed, r.total, r.status) for r in batch] == [(r.passed, r.total, r.status) for r in alone]
     assert [r.status for r in batch] == ["ok", "fail", "error", "timeout", "fail", "ok"]
@@ -157,14 +157,14 @@ def test_programs_of_one_launch_do_not_see_each_other():
     leave = ("import os\nos.makedirs('d/e')\nopen('d/e/note', 'w').write('x')\nopen('note', 'w').write('x')\n"
              "os.chmod('d', 0)\ndef f():\n    return 1")
     look = "import os\ndef seen():\n    return sorted(os.listdir('.'))"
-    rs = verifier.run_codes([(leave, ["assert f() == 1"]), (look, ["assert seen() == []"])], per_launch=2)
+    rs = code_verifier.run_codes([(leave, ["assert f() == 1"]), (look, ["assert seen() == []"])], per_launch=2)
     assert [r.status for r in rs] == ["ok", "ok"], rs[1].detail
 
 
 def test_broken_sandbox_program_is_a_sandbox_error(tmp_path, monkeypatch):
     script = tmp_path / "exits.py"
     script.write_text("import sys\nsys.exit(3)\n")
-    monkeypatch.setattr(verifier, "_SANDBOX", script)
+    monkeypatch.setattr(code_verifier, "_SANDBOX", script)
     r = run_code(SUM_EVENS, ["assert True", "assert True"])
     assert (r.passed, r.total, r.status) == (0, 2, "sandbox_error")
 
@@ -175,7 +175,7 @@ def test_garbled_sandbox_output_does_not_crash_the_caller(tmp_path, monkeypatch)
              '{"test": 0, "outcome": "pass", "message": "", "output": ""}', '{"done": true, "features": []}']
     script = tmp_path / "garbles.py"
     script.write_text(f"print({chr(10).join(lines)!r})\n")
-    monkeypatch.setattr(verifier, "_SANDBOX", script)
+    monkeypatch.setattr(code_verifier, "_SANDBOX", script)
     r = run_code(SUM_EVENS, ["assert True", "assert True"])
     assert (r.passed, r.total, r.status) == (1, 2, "sandbox_error")      # test 1 never reported
 
@@ -186,10 +186,10 @@ def test_hung_sandbox_program_is_killed_by_the_caller(tmp_path, monkeypatch):
     script = tmp_path / "hangs.py"
     script.write_text(f"import os, time\nif os.fork() == 0:\n    open({str(marker)!r}, 'w').write(str(os.getpid()))\n"
                       "time.sleep(60)\n")
-    monkeypatch.setattr(verifier, "_SANDBOX", script)
+    monkeypatch.setattr(code_verifier, "_SANDBOX", script)
     t0 = time.monotonic()
     r = run_code(SUM_EVENS, ["assert True"], timeout=0.5)
-    assert time.monotonic() - t0 < 0.5 + verifier._GRACE + 1.5
+    assert time.monotonic() - t0 < 0.5 + code_verifier._GRACE + 1.5
     assert r.status == "timeout" and r.passed == 0
     child = int(marker.read_text())
     time.sleep(0.1)
