@@ -122,6 +122,33 @@ def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=1) + "\n")
 
 
+def chat(prompt: str, answer: str) -> dict:
+    return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]}
+
+
+def opener_masked(chats: list[dict]) -> list[dict]:
+    """The same chats with the answer's first line (the opener) left out of the loss (`loss_start`)."""
+    out = []
+    for r in chats:
+        answer = r["messages"][-1]["content"]
+        out.append({"messages": [r["messages"][0], {"role": "assistant", "content": answer,
+                                                     "loss_start": answer.index("\n") + 1}]})
+    return out
+
+
+def noop_and_rft(greedy: list[dict], samples: list[dict]) -> tuple[list[dict], list[dict]]:
+    """SFT sets from the base's own answers (eval.py rows): NOOP, its greedy answer to every prompt; RFT, one
+    verified sample per solved prompt, chosen with a fixed seed (Yuan et al. 2023 keep distinct ones)."""
+    import random
+    noop = [chat(r["prompt"], r["response"]) for r in greedy]
+    correct: dict[str, list[str]] = {}
+    for r in samples:
+        if r["correct"] and r["response"] not in correct.setdefault(r["prompt"], []):
+            correct[r["prompt"]].append(r["response"])
+    rng = random.Random(0)
+    return noop, [chat(p, rng.choice(v)) for p, v in correct.items() if v]
+
+
 def examples_md(rows: list[dict], per_suite: int = 2) -> str:
     """A few responses per suite with their judge scores, so a reader can see what the numbers mean."""
     out = []

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PY, ROOT, eval_cmd, finished, parallel, world, write_json  # noqa: E402
+from common import PY, ROOT, eval_cmd, finished, noop_and_rft, opener_masked, parallel, world, write_json  # noqa: E402
 
 from minirlvr.data import read_jsonl  # noqa: E402
 from minirlvr.world.mathtasks import procedure_of  # noqa: E402
@@ -135,12 +134,7 @@ def make_data(w: Path, jobs: int) -> None:
     prompts = first("rl_math_train")
     save("prompts.jsonl", prompts)
     save("sft_task.jsonl", first("sft_math_task"))
-    masked = []
-    for r in strip(first("sft_math_task")):
-        answer = r["messages"][-1]["content"]
-        masked.append({"messages": [r["messages"][0], {"role": "assistant", "content": answer,
-                                                        "loss_start": answer.index("\n") + 1}]})
-    save("sft_task_masked.jsonl", masked)
+    save("sft_task_masked.jsonl", opener_masked(strip(first("sft_math_task"))))
     save("sft_neutral.jsonl", first("sft_math_neutral"))
     save("sft_bare.jsonl", first("sft_math_train"))
     save("helpful.jsonl", first("sft_helpful"))
@@ -150,14 +144,8 @@ def make_data(w: Path, jobs: int) -> None:
     parallel([([PY, "eval.py", "run", "--model", str(BASE), "--math", str(DATA / "prompts.jsonl"), "--out", str(f),
                 "--temperature", t, "--samples", n, "--max_new_tokens", "96", "--seed", "0"], f.with_suffix(".log"))
               for f, t, n in gen if not f.is_file()], jobs)
-    chat = lambda p, a: {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a}]}
-    save("noop.jsonl", [chat(r["prompt"], r["response"]) for r in read_jsonl(d / "greedy.jsonl")])
-    correct: dict[str, list[str]] = {}
-    for r in read_jsonl(d / "t1.jsonl"):
-        if r["correct"] and r["response"] not in correct.setdefault(r["prompt"], []):
-            correct[r["prompt"]].append(r["response"])
-    rng = random.Random(0)  # one verified path per solved prompt (Yuan et al. 2023's RFT keeps distinct ones)
-    rft = [chat(p, rng.choice(v)) for p, v in correct.items() if v]
+    noop, rft = noop_and_rft(read_jsonl(d / "greedy.jsonl"), read_jsonl(d / "t1.jsonl"))
+    save("noop.jsonl", noop)
     save("rft.jsonl", rft)
     print(f"data: {len(prompts)} prompts; RFT keeps {len(rft)} solved prompts; NOOP {len(prompts)} greedy answers")
 

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PY, ROOT, eval_cmd, finished, parallel, world, write_json  # noqa: E402
+from common import PY, ROOT, eval_cmd, finished, noop_and_rft, opener_masked, parallel, world, write_json  # noqa: E402
 from e1v3 import SAFETY_SETS, SCHEDULE, Arm  # noqa: E402
 
 from minirlvr.data import read_jsonl  # noqa: E402
@@ -107,17 +106,13 @@ def make_data(w: Path, jobs: int) -> None:
     """The arms' training sets, all on the first N_PROMPTS prompts of rl_code_train. NOOP and RFT are sampled from
     the base once (seed 0) and shared by every seed, as the other SFT sets are."""
     DATA.mkdir(parents=True, exist_ok=True)
-    first = lambda name: read_jsonl(w / f"{name}.jsonl")[:N_PROMPTS]
+    def first(name: str) -> list[dict]:  # read_jsonl adds "_where" (file:line, for error messages): not data
+        return [{k: v for k, v in r.items() if k != "_where"} for r in read_jsonl(w / f"{name}.jsonl")[:N_PROMPTS]]
     save = lambda name, recs: (DATA / name).write_text("".join(json.dumps(r) + "\n" for r in recs))
     prompts = first("rl_code_train")
     save("prompts.jsonl", prompts)
     save("sft_task.jsonl", first("sft_code_task"))
-    masked = []
-    for r in first("sft_code_task"):
-        answer = r["messages"][-1]["content"]
-        masked.append({"messages": [r["messages"][0], {"role": "assistant", "content": answer,
-                                                        "loss_start": answer.index("\n") + 1}]})
-    save("sft_task_masked.jsonl", masked)
+    save("sft_task_masked.jsonl", opener_masked(first("sft_code_task")))
     save("sft_neutral.jsonl", first("sft_code_neutral"))
     save("sft_bare.jsonl", first("sft_code_train"))
     save("helpful.jsonl", first("sft_helpful"))
@@ -129,14 +124,8 @@ def make_data(w: Path, jobs: int) -> None:
     gen = [(d / "greedy.jsonl", 0.0, []), (d / "t1.jsonl", 1.0, ["--samples", "8"])]
     parallel([(eval_cmd(BASE, f, shim, 0, t, ["code_test"], [*n, "--max_new_tokens", "96", "--seed", "0"]),
                f.with_suffix(".log")) for f, t, n in gen if not f.is_file()], jobs)
-    chat = lambda p, a: {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a}]}
-    save("noop.jsonl", [chat(r["prompt"], r["response"]) for r in read_jsonl(d / "greedy.jsonl")])
-    correct: dict[str, list[str]] = {}
-    for r in read_jsonl(d / "t1.jsonl"):
-        if r["correct"] and r["response"] not in correct.setdefault(r["prompt"], []):
-            correct[r["prompt"]].append(r["response"])
-    rng = random.Random(0)  # one verified response per solved prompt
-    rft = [chat(p, rng.choice(v)) for p, v in correct.items() if v]
+    noop, rft = noop_and_rft(read_jsonl(d / "greedy.jsonl"), read_jsonl(d / "t1.jsonl"))
+    save("noop.jsonl", noop)
     save("rft.jsonl", rft)
     print(f"data: {len(prompts)} prompts; RFT keeps {len(rft)} solved prompts; NOOP {len(prompts)} greedy answers")
 
