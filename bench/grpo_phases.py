@@ -1,6 +1,6 @@
 """Benchmark: where a MiniWorld GRPO step spends its time, this code against a baseline revision, in one run.
 
-    python bench/grpo_phases.py --baseline HEAD~1 [--fast] [--rounds 3] [--steps 4]
+    python bench/grpo_phases.py --baseline HEAD~1 [--fast | --fast-this] [--rounds 3] [--steps 4]
 
 Each side is `train_grpo` exactly as `python train.py grpo` runs it (P=16 prompts x G=8 samples on
 assets/miniworld3-base, stop tokens on, so responses have their natural, unequal lengths), in its own subprocess
@@ -78,6 +78,8 @@ def main():
     ap.add_argument("--steps", type=int, default=4, help="steps per side per round; the first is warm-up")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--fast", action="store_true", help="both sides with GRPOConfig.fast")
+    ap.add_argument("--fast-this", action="store_true", help="only this side with GRPOConfig.fast (the baseline's "
+                    "default path against this code's fast path)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--side", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -92,18 +94,18 @@ def main():
     archive = subprocess.run(["git", "-C", ROOT, "archive", args.baseline], check=True, capture_output=True).stdout
     with tarfile.open(fileobj=__import__("io").BytesIO(archive)) as t:
         t.extractall(base, filter="data")
-    sides = {f"baseline ({args.baseline})": base, "this": ROOT}
+    sides = {f"baseline ({args.baseline})": (base, args.fast), "this": (ROOT, args.fast or args.fast_this)}
     steps = {k: [] for k in sides}
-    print(f"GRPO step phases, {os.path.basename(args.model)}: P={args.prompts} x G={args.group}, fast={args.fast}, "
+    print(f"GRPO step phases, {os.path.basename(args.model)}: P={args.prompts} x G={args.group}, fast: {'both sides' if args.fast else 'this side' if args.fast_this else 'neither'}, "
           f"{args.rounds} rounds x {args.steps} steps per side (first of each dropped), 1 thread, CPU seconds; "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
     for r in range(args.rounds):
-        for name, code in sides.items():
+        for name, (code, fast) in sides.items():
             env = {**os.environ, "PYTHONPATH": code, "OMP_NUM_THREADS": "1"}
             out = subprocess.run([sys.executable, os.path.join(ROOT, "bench/grpo_phases.py"), "--side", "x",
                                   "--baseline", args.baseline, "--model", args.model, "--data", args.data,
                                   "--prompts", str(args.prompts), "--group", str(args.group),
-                                  "--steps", str(args.steps), "--seed", str(args.seed)] + (["--fast"] if args.fast else []),
+                                  "--steps", str(args.steps), "--seed", str(args.seed)] + (["--fast"] if fast else []),
                                  cwd=code, env=env, capture_output=True, text=True)
             if out.returncode:
                 sys.exit(f"{name} failed:\n{out.stderr[-3000:]}")

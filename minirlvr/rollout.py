@@ -66,8 +66,8 @@ def packed_hidden(model: Transformer, sub: Batch) -> tuple[Tensor, Tensor, Tenso
     A GRPO group's G rows share one prompt, and in the padded layout half the columns are padding. Here a group is
     a unit: its prompt, then its G responses one after another, each response seeing the prompt and itself (an
     attention mask), at the positions it has in its own row. Units are packed several to a row of S tokens, and a
-    group longer than S is cut into units that each repeat the prompt (pack_units picks S), so groups of unequal
-    length leave little padding. The same function as the padded forward (tests/test_speed.py), a few times fewer
+    group longer than S is cut into units that each repeat the prompt (pack_units picks S, weighing the tokens
+    against the attention over S keys that the mask wastes), so groups of unequal length leave little padding. The same function as the padded forward (tests/test_speed.py), a few times fewer
     tokens, other rounding; Batch.pack chooses it.
     """
     W, P = sub.ids.shape[1], sub.prompt_len
@@ -76,7 +76,7 @@ def packed_hidden(model: Transformer, sub: Batch) -> tuple[Tensor, Tensor, Tenso
     for i, g in enumerate(sub.prompt_id.tolist()):
         groups.setdefault(g, []).append(i)
     members = list(groups.values())
-    S, packed = pack_units([(plen[m[0]], [rlen[i] for i in m]) for m in members])
+    S, packed = pack_units([(plen[m[0]], [rlen[i] for i in m]) for m in members], key_cost(model))
     src, unit, seg, pos, pred, row, col = [], [], [], [], [], [], []  # per packed token; pred, row, col per response token
     u = 0  # the unit's number
     for r, units in enumerate(packed):
@@ -117,14 +117,18 @@ def packed_hidden(model: Transformer, sub: Batch) -> tuple[Tensor, Tensor, Tenso
     return hidden, torch.tensor(row, device=dev, dtype=torch.long), torch.tensor(col, device=dev, dtype=torch.long)
 
 
-def pack_units(groups: list[tuple[int, list[int]]]) -> tuple[int, list[list[tuple[int, int, int]]]]:
+def pack_units(groups: list[tuple[int, list[int]]], key_cost: float = 0.0
+               ) -> tuple[int, list[list[tuple[int, int, int]]]]:
     """Groups (prompt length, [response lengths]) -> (S, rows): each row a list of units (group, lo, hi), a unit
     being the group's prompt then its responses lo..hi-1, at most S tokens together (a unit of one response may be
-    longer only if S is). S is the candidate width (the longest prompt + response, or a group's length above it)
-    whose first-fit-decreasing packing has the fewest rows x S; a group longer than S is cut into units in order."""
+    longer only if S is). A group longer than S is cut into units in order; units go to rows first fit, longest
+    first. S is the candidate width (from the longest prompt + response to the longest group) of least cost
+    rows x S x (1 + key_cost x S): the tokens, and the keys each attends to (the attention is dense over a row)."""
     single = max(p + max(rs, default=0) for p, rs in groups)  # every unit holds at least one response
+    longest = max(p + sum(rs) for p, rs in groups)
     best = None
-    for S in sorted({single} | {p + sum(rs) for p, rs in groups if p + sum(rs) > single}):
+    for S in sorted({single + (longest - single) * k // 8 for k in range(9)} | {p + sum(rs) for p, rs in groups
+                                                                              if p + sum(rs) > single}):
         pieces = []  # (tokens, group, lo, hi)
         for g, (p, rs) in enumerate(groups):
             lo, n = 0, p
@@ -142,9 +146,18 @@ def pack_units(groups: list[tuple[int, list[int]]]) -> tuple[int, list[list[tupl
                 room.append(S)
             rows[j].append((g, lo, hi))
             room[j] -= n
-        if best is None or len(rows) * S < best[0]:
-            best = (len(rows) * S, S, rows)
+        cost = len(rows) * S * (1 + key_cost * S)
+        if best is None or cost < best[0]:
+            best = (cost, S, rows)
     return best[1], best[2]
+
+
+def key_cost(model: Transformer) -> float:
+    """FLOPs of attending to one more key / FLOPs of a token's linear layers, per layer (forward)."""
+    c = model.config
+    q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+    linear = 2 * (c.hidden_size * (2 * q + 2 * kv) + 3 * c.hidden_size * c.intermediate_size)
+    return 4 * q / linear  # q.k and p.v: 2 FLOPs each per head dimension
 
 
 def rollout(policy: Transformer, tok: Tokenizer, records: list[dict], cfg, seed: int) -> Rollout:
