@@ -10,10 +10,12 @@ the work itself, steadier than wall time when other jobs share the cores), media
 rounds, split as the loop splits them (metrics.jsonl's time_* fields): generate (sampling, decoding, rewards),
 logprob (the no-grad old and reference passes), update (forward + backward + optimizer). `slots` is the tokens
 the update's forward processes per step (padding and repeated prompts included), `needed` the tokens it must
-process: each group's prompt once and every response. Both sides draw the same prompts and, when the sampler is unchanged, the same responses.
+process: each group's prompt once and every response. Both sides draw the same prompts and, when the sampler is
+unchanged, the same responses.
 """
 
 import argparse
+import io
 import json
 import os
 import statistics
@@ -92,11 +94,12 @@ def main():
 
     base = tempfile.mkdtemp(prefix="bench_baseline_")
     archive = subprocess.run(["git", "-C", ROOT, "archive", args.baseline], check=True, capture_output=True).stdout
-    with tarfile.open(fileobj=__import__("io").BytesIO(archive)) as t:
+    with tarfile.open(fileobj=io.BytesIO(archive)) as t:
         t.extractall(base, filter="data")
     sides = {f"baseline ({args.baseline})": (base, args.fast), "this": (ROOT, args.fast or args.fast_this)}
     steps = {k: [] for k in sides}
-    print(f"GRPO step phases, {os.path.basename(args.model)}: P={args.prompts} x G={args.group}, fast: {'both sides' if args.fast else 'this side' if args.fast_this else 'neither'}, "
+    fast = "both sides" if args.fast else "this side" if args.fast_this else "neither"
+    print(f"GRPO step phases, {os.path.basename(args.model)}: P={args.prompts} x G={args.group}, fast: {fast}, "
           f"{args.rounds} rounds x {args.steps} steps per side (first of each dropped), 1 thread, CPU seconds; "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
     for r in range(args.rounds):

@@ -67,8 +67,9 @@ def packed_hidden(model: Transformer, sub: Batch) -> tuple[Tensor, Tensor, Tenso
     a unit: its prompt, then its G responses one after another, each response seeing the prompt and itself (an
     attention mask), at the positions it has in its own row. Units are packed several to a row of S tokens, and a
     group longer than S is cut into units that each repeat the prompt (pack_units picks S, weighing the tokens
-    against the attention over S keys that the mask wastes), so groups of unequal length leave little padding. The same function as the padded forward (tests/test_speed.py), a few times fewer
-    tokens, other rounding; Batch.pack chooses it.
+    against the attention over S keys that the mask wastes), so groups of unequal length leave little padding.
+    The same function as the padded forward (tests/test_speed.py), a few times fewer tokens, other rounding;
+    Batch.pack chooses it.
     """
     W, P = sub.ids.shape[1], sub.prompt_len
     plen, rlen = sub.key_mask[:, :P].sum(1).tolist(), sub.response_mask.sum(1).long().tolist()
@@ -77,7 +78,8 @@ def packed_hidden(model: Transformer, sub: Batch) -> tuple[Tensor, Tensor, Tenso
         groups.setdefault(g, []).append(i)
     members = list(groups.values())
     S, packed = pack_units([(plen[m[0]], [rlen[i] for i in m]) for m in members], key_cost(model))
-    src, unit, seg, pos, pred, row, col = [], [], [], [], [], [], []  # per packed token; pred, row, col per response token
+    src, unit, seg, pos = [], [], [], []  # per packed token: source, unit, segment, position
+    pred, row, col = [], [], []  # per response token: where it is predicted, its row and column
     u = 0  # the unit's number
     for r, units in enumerate(packed):
         for g, lo, hi in units:
