@@ -67,3 +67,26 @@ def test_micro_batches_split_rows():
     assert [r.tolist() for r in micro_batches(rows, 3)] == [[0, 1, 2], [3, 4, 5], [6]]
     assert [r.tolist() for r in micro_batches(rows, 0)] == [list(range(7))]
     assert micro_batches(rows[:0], 3) == []
+
+
+@pytest.mark.parametrize("micro", [0, 4])
+def test_on_policy_update_equals_the_update_with_a_separate_old_pass(micro):
+    """One epoch, one minibatch: old = logp.detach() of the update's own forward (no no-grad "old" pass) makes the
+    update the separate pass makes: ratio exactly 1, the same loss, statistics and gradients up to rounding."""
+    model, batch, _, ref, adv = setup(2)
+    cfg = GRPOConfig(init="m", data=["d"], micro_batch_size=micro, grad_clip=0.0)
+    out = []
+    for on_policy in (True, False):
+        m = copy.deepcopy(model)
+        with torch.no_grad():
+            old = torch.zeros_like(batch.response_mask) if on_policy else response_logprobs(m, batch)
+        stats = policy_step(m, torch.optim.SGD(m.parameters(), lr=1.0), batch, torch.arange(6), old, ref, adv,
+                            batch.response_mask, cfg, loss_config(cfg, 0.05), 0, on_policy=on_policy)
+        out.append((stats, m.state_dict()))
+    (s1, w1), (s0, w0) = out
+    # every token's ratio is exp(logp - logp.detach()) = 1 exactly; their masked mean rounds in fp32
+    assert s1["ratio_mean"] == pytest.approx(1.0, abs=1e-7) and s1["clip_frac"] == 0.0
+    for k in ("loss", "pg_loss", "kl_loss", "ratio_mean", "kl_mean", "entropy_mean"):
+        assert s1[k] == pytest.approx(s0[k], rel=1e-6, abs=1e-7), k
+    for k in w0:
+        torch.testing.assert_close(w1[k], w0[k], atol=1e-6, rtol=1e-6, msg=k)
