@@ -19,6 +19,7 @@ records of miniworld-4 carry at least one hidden test on which the sloppy varian
 
 from __future__ import annotations
 
+import ast
 import random
 import re
 from dataclasses import dataclass
@@ -221,7 +222,7 @@ def discriminate(rng: random.Random, rec: dict) -> dict:
     fn = rec["entry_point"]
     good, bad = [rec["solution"].strip("`").removeprefix("python\n"),
                  sloppy_solution(rec).strip("`").removeprefix("python\n")]
-    inputs = [eval(a[len(f"assert {fn}("):a.rindex(") == ")]) for a in rec["tests"]]  # our own literals
+    inputs = [ast.literal_eval(a[len(f"assert {fn}("):a.rindex(") == ")]) for a in rec["tests"]]
     if any(_run(good, fn, x) != _run(bad, fn, x) for x in inputs):
         return rec
     for _ in range(1000):
