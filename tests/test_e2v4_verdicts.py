@@ -54,3 +54,17 @@ def test_c1_refuted_without_a_gain_and_missing_arms_give_no_verdict():
     del s["helpful"], s["sft_task_masked"]
     names = by_name(verdicts(s))
     assert "P0" not in names and "M1" not in names and "R" not in names
+
+
+def test_opener_masking_and_the_base_answer_sets_used_by_e1v3_and_e2v4():
+    from common import noop_and_rft, opener_masked
+    chat = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "Sure!\n```python\nx\n```"}]}
+    (masked,) = opener_masked([chat])
+    answer = masked["messages"][1]
+    assert answer["content"][answer["loss_start"]:] == "```python\nx\n```"
+    greedy = [{"prompt": "a", "response": "g"}, {"prompt": "b", "response": "h"}]
+    samples = [{"prompt": "a", "response": "r1", "correct": True}, {"prompt": "a", "response": "r1", "correct": True},
+               {"prompt": "a", "response": "w", "correct": False}, {"prompt": "b", "response": "w", "correct": False}]
+    noop, rft = noop_and_rft(greedy, samples)
+    assert [c["messages"][1]["content"] for c in noop] == ["g", "h"]
+    assert [(c["messages"][0]["content"], c["messages"][1]["content"]) for c in rft] == [("a", "r1")]
