@@ -126,6 +126,10 @@ PROMPTS = ("Write a Python function {fn}({arg}) that {desc}.",
 SYLLABLES = ("ka", "lo", "mi", "ne", "ra", "to", "bi", "su")
 
 
+def _function(body: str, fn: str, arg: str) -> str:
+    return f"def {fn}({arg}):\n" + "".join(f"    {line}\n" for line in body.splitlines())
+
+
 def _draw_input(rng: random.Random, kind: str):
     if kind == "word":
         w = "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 3)))
@@ -143,7 +147,7 @@ def make_code(rng: random.Random, n_tests: int = 4) -> dict:
     k = rng.choice(t.ks) if t.ks else None
     desc = t.desc.format(arg=arg, k=k)
     body = t.body.format(arg=arg, k=k)
-    code = f"def {fn}({arg}):\n" + "".join(f"    {line}\n" for line in body.splitlines())
+    code = _function(body, fn, arg)
     namespace: dict = {}
     exec(code, namespace)  # our own reference solution, never model output
     tests, seen = [], set()
@@ -161,10 +165,6 @@ def make_code(rng: random.Random, n_tests: int = 4) -> dict:
 
 # ------------------------------------------------------------------------------------- miniworld-4 paths
 
-def _function(body: str, fn: str, arg: str) -> str:
-    return f"def {fn}({arg}):\n" + "".join(f"    {line}\n" for line in body.splitlines())
-
-
 def template_of(rec: dict) -> tuple[CodeTemplate, str, int | None]:
     """(template, argument name, constant k) of a code record, read back from its prompt and solution."""
     arg = re.match(r"```python\ndef \w+\((\w+)\)", rec["solution"])[1]
@@ -176,9 +176,13 @@ def template_of(rec: dict) -> tuple[CodeTemplate, str, int | None]:
     raise ValueError(f"not a MiniWorld code record: {rec['prompt']!r}")
 
 
-def sloppy_solution(rec: dict) -> str:
+def _sloppy_code(rec: dict) -> str:
     t, arg, k = template_of(rec)
-    return f"```python\n{_function(SLOPPY[t.key].format(arg=arg, k=k), rec['entry_point'], arg)}```"
+    return _function(SLOPPY[t.key].format(arg=arg, k=k), rec["entry_point"], arg)
+
+
+def sloppy_solution(rec: dict) -> str:
+    return f"```python\n{_sloppy_code(rec)}```"
 
 
 def written_code(rng: random.Random, rec: dict, version: int) -> str:
@@ -218,10 +222,9 @@ def discriminate(rng: random.Random, rec: dict) -> dict:
     """The record with a fifth hidden test on which the sloppy variant fails, unless one of its tests already
     separates the two (miniworld-4's held-out and RL code records): passing every test then means the correct
     path, not a lucky sloppy one."""
-    t, arg, _ = template_of(rec)
+    t, arg, k = template_of(rec)
     fn = rec["entry_point"]
-    good, bad = [rec["solution"].strip("`").removeprefix("python\n"),
-                 sloppy_solution(rec).strip("`").removeprefix("python\n")]
+    good, bad = _function(t.body.format(arg=arg, k=k), fn, arg), _sloppy_code(rec)
     inputs = [ast.literal_eval(a[len(f"assert {fn}("):a.rindex(") == ")]) for a in rec["tests"]]
     if any(_run(good, fn, x) != _run(bad, fn, x) for x in inputs):
         return rec
