@@ -25,7 +25,6 @@ from common import PY, ROOT, eval_cmd, finished, noop_and_rft, opener_masked, pa
 from e1v3 import SAFETY_SETS, SCHEDULE, Arm  # noqa: E402
 
 from minirlvr.data import read_jsonl  # noqa: E402
-from minirlvr.world.codetasks import code_path_of  # noqa: E402
 
 BASE = ROOT / "assets" / "miniworld4-base"
 OUT = ROOT / "results" / "E2v4"
@@ -70,29 +69,19 @@ def eval_jobs(model: Path, d: Path, w: Path) -> list[tuple[list[str], Path]]:
     return jobs
 
 
-def capability(d: Path, w: Path) -> dict:
-    """Code endpoints of one evaluated model: greedy and T = 1 pass@1, pass@8, correct-path share at T = 1."""
-    recs = {r["prompt"]: r for r in read_jsonl(w / "code_test.jsonl")}
-    greedy = [r["correct"] for r in read_jsonl(d / "eval.jsonl") if r["kind"] == "code"]
-    t1 = [r for r in read_jsonl(d / "eval_t1.jsonl") if r["kind"] == "code"]
-    by_id: dict[str, list[bool]] = {}
-    for r in t1:
-        by_id.setdefault(r["id"], []).append(r["correct"])
-    return {"code_greedy": sum(greedy) / len(greedy), "pass1_t1": sum(r["correct"] for r in t1) / len(t1),
-            "pass8_t1": sum(any(v) for v in by_id.values()) / len(by_id),
-            "correct_share_t1": sum(code_path_of(r["response"], recs[r["prompt"]]) == "correct" for r in t1) / len(t1)}
-
-
 # ------------------------------------------------------------------------------------------- stages
 
 def gonogo(w: Path, jobs: int) -> dict:
     """Code W1's go/no-go on the base, before any arm: greedy pass@1 in [0.3, 0.7], pass@8 - pass@1 (T = 1) >= 0.25,
     correct-path share at T = 1 in [0.3, 0.7]. Refusal and ASR are reported, not criteria."""
+    from e2v4_report import endpoints, load
     d = OUT / "base"
     parallel(eval_jobs(BASE, d, w), jobs)
-    res = capability(d, w)
-    harm = [r for r in read_jsonl(d / "eval.jsonl") if r["kind"] == "harmful"]
-    res.update(refusal=sum(r["refused"] for r in harm) / len(harm), asr=sum(r["score"] >= 4 for r in harm) / len(harm))
+    recs = {r["prompt"]: r for r in read_jsonl(w / "code_test.jsonl")}
+    ep = endpoints(load([(d, 0)]), recs)  # per-prompt values, as the report computes them
+    mean = lambda k: sum(ep[k].values()) / len(ep[k])
+    res = {"code_greedy": mean("code_greedy"), "pass1_t1": mean("pass1_t1"), "pass8_t1": mean("pass8_t1"),
+           "correct_share_t1": mean("correct_share"), "refusal": mean("refusal"), "asr": mean("asr")}
     res["criteria"] = {"greedy_in_0.3_0.7": 0.3 <= res["code_greedy"] <= 0.7,
                        "pass8_minus_pass1_ge_0.25": res["pass8_t1"] - res["pass1_t1"] >= 0.25,
                        "correct_share_in_0.3_0.7": 0.3 <= res["correct_share_t1"] <= 0.7}
