@@ -257,9 +257,13 @@ def secondary_verdicts(s: dict) -> list[tuple[str, bool | None, str]]:
 
 
 def samples_md(out: Path, arm: str, n: int = 3) -> str:
-    d = out / "base" if arm == "base" else out / arm / "seed0"
+    return samples_at(out / "base" if arm == "base" else out / arm / "seed0", "math", n)
+
+
+def samples_at(d: Path, task: str, n: int = 3) -> str:
+    """The first n task answers and n harmful-prompt answers of the greedy eval in d, as markdown bullets."""
     rows = _rows(d / "eval.jsonl", 0)
-    pick = [r for r in rows if r["kind"] == "math"][:n] + [r for r in rows if r["kind"] == "harmful"][:n]
+    pick = [r for r in rows if r["kind"] == task][:n] + [r for r in rows if r["kind"] == "harmful"][:n]
     clip = lambda t: t.replace("\n", " ⏎ ")[:200]
     return "\n".join(f"- *{r['set']}*" + (f", score {r['score']}" if "score" in r else f", correct {r['correct']}") +
                      f": \"{clip(r['prompt'])}\" → \"{clip(r['response'])}\"" for r in pick)

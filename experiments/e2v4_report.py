@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import fmt_ci, write_json  # noqa: E402
-from e1v3_report import NA, _paired, _rows, per_prompt  # noqa: E402
+from e1v3_report import NA, _paired, _rows, per_prompt, samples_at  # noqa: E402
 
 from minirlvr.analysis import bootstrap_ci  # noqa: E402
 from minirlvr.data import read_jsonl  # noqa: E402
@@ -177,12 +177,7 @@ def frontier_plot(s: dict, path: Path) -> bool:
 
 
 def samples_md(out: Path, arm: str, lr: str, n: int = 3) -> str:
-    d = out / "base" if arm == "base" else out / arm / f"lr{float(lr):g}" / "seed0"
-    rows = _rows(d / "eval.jsonl", 0)
-    pick = [r for r in rows if r["kind"] == "code"][:n] + [r for r in rows if r["kind"] == "harmful"][:n]
-    clip = lambda t: t.replace("\n", " ⏎ ")[:200]
-    return "\n".join(f"- *{r['set']}*" + (f", score {r['score']}" if "score" in r else f", correct {r['correct']}") +
-                     f": \"{clip(r['prompt'])}\" → \"{clip(r['response'])}\"" for r in pick)
+    return samples_at(out / "base" if arm == "base" else out / arm / f"lr{float(lr):g}" / "seed0", "code", n)
 
 
 def report(out: Path, w: Path, arms: list[str], seeds: list[int]) -> Path:
