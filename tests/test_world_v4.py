@@ -5,6 +5,7 @@ everything else is miniworld-3's byte for byte."""
 import json
 import random
 from collections import Counter
+from functools import cache
 
 import pytest
 
@@ -20,6 +21,12 @@ def worlds():
     return build_all(seed=0, scale=0.1, version=3), build_all(seed=0, scale=0.1, version=4)
 
 
+@cache
+def full(version: int) -> dict:
+    """A full-size world, built once per test session (seconds each) for the tests that need exact sizes."""
+    return build_all(seed=0, scale=1.0, version=version)
+
+
 def _code_rec(chat: dict) -> dict:
     """A code record with the reference solution, from a miniworld-3 alignment chat."""
     prompt, answer = chat["messages"][0]["content"], chat["messages"][1]["content"]
@@ -28,8 +35,7 @@ def _code_rec(chat: dict) -> dict:
 
 def test_version_3_still_rebuilds_the_shipped_miniworld3_base_data():
     recipe = (ROOT / "assets/miniworld3-base/RECIPE.md").read_text()
-    full = build_all(seed=0, scale=1.0, version=3)
-    assert _sha(full["pretrain"]) in recipe and _sha(full["align_sft"]) in recipe
+    assert _sha(full(3)["pretrain"]) in recipe and _sha(full(3)["align_sft"]) in recipe
 
 
 def test_only_code_answers_and_held_out_code_tests_change_from_version_3(worlds):
@@ -46,7 +52,7 @@ def test_only_code_answers_and_held_out_code_tests_change_from_version_3(worlds)
 
 
 def test_alignment_code_answers_follow_the_correct_share_per_template():
-    v3, v4 = (build_all(seed=0, scale=1.0, version=v)["align_sft"] for v in (3, 4))
+    v3, v4 = full(3)["align_sft"], full(4)["align_sft"]
     by_key: dict[str, Counter] = {}
     for a, b in zip(v3, v4):
         if a["messages"][1]["content"].startswith("```python"):
@@ -91,6 +97,5 @@ def test_shipped_miniworld4_base_recipe_names_the_world_it_was_aligned_on():
     manifest = json.loads((ROOT / "runs/world4/manifest.json").read_text()) if (ROOT / "runs/world4").is_dir() else None
     text = recipe.read_text()
     assert "miniworld-4" in text and "assets/miniworld3-pretrained" in text
-    full = build_all(seed=0, scale=1.0, version=4)
-    assert _sha(full["align_sft"]) in text
+    assert _sha(full(4)["align_sft"]) in text
     assert manifest is None or manifest["version"] == "miniworld-4"
