@@ -58,7 +58,7 @@ def main() -> None:
     # the configs name runs/world; other versions override the data path on the command line
     data = [] if a.version == 2 else ["--data"]
     if a.version == 4:
-        return align_only(w, a.threads)
+        return align_only(w, runs, assets, a.threads)
     cmds = [
         [PY, "train.py", "pretrain", "--config", "experiments/configs/pretrain.toml", "--out", f"{runs}/pretrain",
          *(data and [*data, str((w / "pretrain.jsonl").relative_to(ROOT))])],
@@ -72,13 +72,13 @@ def main() -> None:
     print((ROOT / f"{assets}-base/SHA256SUMS").read_text())
 
 
-def align_only(w: Path, threads: int) -> None:
+def align_only(w: Path, runs: str, assets: str, threads: int) -> None:
     cmds = [[PY, "train.py", "sft", "--config", "experiments/configs/align.toml", "--init",
-             "assets/miniworld3-pretrained", "--out", "runs/base4/align", "--data",
+             "assets/miniworld3-pretrained", "--out", f"{runs}/align", "--data",
              str((w / "align_sft.jsonl").relative_to(ROOT))]]
-    run_all(cmds, ("runs/base4/align",), threads)
-    ship(ROOT / "runs/base4/align/model", ROOT / "assets/miniworld4-base", recipe_text(4, w, cmds, ("align",)))
-    print((ROOT / "assets/miniworld4-base/SHA256SUMS").read_text())
+    run_all(cmds, (f"{runs}/align",), threads)
+    ship(ROOT / f"{runs}/align/model", ROOT / f"{assets}-base", recipe_text(4, w, cmds, ("align",)))
+    print((ROOT / f"{assets}-base/SHA256SUMS").read_text())
 
 
 def run_all(cmds: list[list[str]], outs: tuple[str, ...], threads: int) -> None:
