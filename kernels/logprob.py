@@ -16,7 +16,7 @@ Gradients, with z = h @ W.T / T, p = softmax(z), t the target and H = -sum_v p_v
 import torch
 from torch.autograd.function import once_differentiable
 
-from kernels._compile import MaybeCompiled
+from kernels import MaybeCompiled
 
 
 def _chunk_forward(logits: torch.Tensor, targets: torch.Tensor):

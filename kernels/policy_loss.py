@@ -21,7 +21,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from kernels._compile import MaybeCompiled
+from kernels import MaybeCompiled
 
 Tensor = torch.Tensor
 MAX_LOG_RATIO = 20.0  # exp(20) = 4.9e8: finite in fp32, far beyond any useful ratio
