@@ -24,7 +24,7 @@ from minirlvr.model import Transformer
 from minirlvr.optim import make_adamw
 from minirlvr.rewards import gold_answer, load_reward
 from minirlvr.rollout import Rollout, rollout
-from minirlvr.run import MetricsLog, Progress, after_step, check_report_to, start_training
+from minirlvr.run import MetricsLog, Progress, after_step, check_report_to, run_log, start_training
 from minirlvr.sampler import Batch
 from minirlvr.tokenizer import Tokenizer
 from minirlvr.verifier import MATH_MODES, verify_math
@@ -146,12 +146,11 @@ def start_run(cfg: GRPOConfig, stage: str) -> Run:
     ref = Transformer.from_pretrained(cfg.ref or cfg.init, device=device).eval().requires_grad_(False) \
         if cfg.kl_coef > 0 else None
     opt = make_adamw(policy.parameters(), cfg.lr, cfg.weight_decay)
-    start, rank0 = restore_training(state, opt), dist.rank() == 0
-    resumed = start if cfg.resume else None
-    log = MetricsLog(Path(cfg.out) / "metrics.jsonl", resumed, enabled=rank0, report_to=cfg.report_to)
-    samples = MetricsLog(Path(cfg.out) / "samples.jsonl", resumed, enabled=rank0 and cfg.log_samples > 0)
-    return Run(device, tok, policy, ref, opt, records, state, start, log, samples,
-               Progress(cfg.steps, start, enabled=cfg.progress and rank0, every=1))
+    start = restore_training(state, opt)
+    log, bar = run_log(cfg, start, every=1)
+    samples = MetricsLog(Path(cfg.out) / "samples.jsonl", start if cfg.resume else None,
+                         enabled=dist.rank() == 0 and cfg.log_samples > 0)
+    return Run(device, tok, policy, ref, opt, records, state, start, log, samples, bar)
 
 
 def step_records(run: Run, cfg: GRPOConfig, step: int) -> list[dict]:
