@@ -56,14 +56,11 @@ def all_gather(x: torch.Tensor) -> torch.Tensor:
 
 def sync_grads(params) -> None:
     """Sum gradients over ranks, in place. Losses are already scaled to the global normaliser."""
-    if world_size() == 1:
-        return
-    for p in params:
-        if not p.requires_grad:
-            continue
-        if p.grad is None:  # every rank must join every all-reduce, even with nothing to add
-            p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad)
+    for p in params if world_size() > 1 else ():
+        if p.requires_grad:
+            if p.grad is None:  # every rank must join every all-reduce, even with nothing to add
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
 
 
 def shard(n: int) -> slice:
@@ -80,9 +77,8 @@ def barrier() -> None:
 
 
 def broadcast_params(model: torch.nn.Module) -> None:
-    if world_size() > 1:
-        for p in model.parameters():
-            dist.broadcast(p.data, 0)
+    for p in model.parameters() if world_size() > 1 else ():
+        dist.broadcast(p.data, 0)
 
 
 def finish() -> None:
