@@ -88,5 +88,4 @@ from kernels.logprob import token_logprobs  # noqa: E402
 from kernels.policy_loss import (AGGREGATORS, KL_ESTIMATORS, POLICY_LOSSES, LossConfig, loss_units,  # noqa: E402
                                  policy_loss)
 
-__all__ = ["token_logprobs", "policy_loss", "loss_units", "LossConfig", "KL_ESTIMATORS", "AGGREGATORS",
-           "POLICY_LOSSES"]
+__all__ = ["token_logprobs", "policy_loss", "loss_units", "LossConfig", "KL_ESTIMATORS", "AGGREGATORS", "POLICY_LOSSES"]

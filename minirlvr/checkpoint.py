@@ -118,10 +118,7 @@ class atomic_dir:
         if self.path.exists():
             for old in self.path.iterdir() if self.keep_others else ():
                 if not (self.tmp / old.name).exists():
-                    if old.is_dir():
-                        shutil.copytree(old, self.tmp / old.name)
-                    else:
-                        shutil.copy2(old, self.tmp / old.name)
+                    (shutil.copytree if old.is_dir() else shutil.copy2)(old, self.tmp / old.name)
             trash = self.path.with_name(self.path.name + ".old.tmp")
             shutil.rmtree(trash, ignore_errors=True)
             os.rename(self.path, trash)

@@ -21,6 +21,8 @@ import types
 import typing
 from pathlib import Path
 
+from minirlvr.data import utf8_text
+
 
 class ConfigError(ValueError):
     pass
@@ -123,14 +125,8 @@ def parse_flags(cls, argv: list[str]) -> dict[str, str | list[str]]:
 def read_toml(file: Path) -> dict:
     if not file.is_file():
         raise ConfigError(f"{file}: config file not found")
-    raw = file.read_bytes()
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise ConfigError(f"{file}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); re-save it as UTF-8") from None
-    try:
-        return tomllib.loads(text)
+        return tomllib.loads(utf8_text(file, ConfigError))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{file}: invalid TOML ({e})") from None
 

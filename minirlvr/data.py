@@ -27,20 +27,24 @@ class DataError(ValueError):
 NEEDS = ("pretrain", "sft", "rl", "prompt", "eval")
 
 
+def utf8_text(path: Path, error: type[Exception] = DataError) -> str:
+    """A file's text; one in another encoding is one `error` naming the file and line, not a UnicodeDecodeError
+    from deep inside a loop."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")          # a byte-order mark (Excel, Notepad) is not content
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise error(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); re-save the file as UTF-8") from None
+
+
 def text_lines(path: str | Path) -> list[str]:
-    """The lines of a UTF-8 text file. A missing file or one in another encoding is one DataError naming
-    the file and line, not a UnicodeDecodeError from deep inside a loop."""
+    """The lines of a UTF-8 text file (utf8_text); a missing file is a DataError naming it."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")          # a byte-order mark (Excel, Notepad) is not content
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); re-save the file as UTF-8") from None
     # split on newlines only: str.splitlines would also cut at U+2028 and friends, which JSON strings may hold
-    return [l[:-1] if l.endswith("\r") else l for l in text.split("\n")]
+    return [l[:-1] if l.endswith("\r") else l for l in utf8_text(path).split("\n")]
 
 
 def read_jsonl(path: str | Path, need: str | None = None) -> list[dict]:

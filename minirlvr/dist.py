@@ -14,18 +14,15 @@ import torch
 import torch.distributed as dist
 
 
-def init() -> tuple[int, int, torch.device | None]:
-    """(rank, world_size, device or None). Starts a process group only under torchrun (WORLD_SIZE set)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, None
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+def init() -> torch.device | None:
+    """This process's device under torchrun (WORLD_SIZE set), after starting the process group; else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return None
+    local = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
-        dist.init_process_group("nccl")
-        return rank, world, torch.device("cuda", local)
-    dist.init_process_group("gloo")
-    return rank, world, torch.device("cpu")
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def world_size() -> int:

@@ -38,7 +38,7 @@ def start_training(cfg, stage: str) -> tuple[torch.device, dict | None]:
     """What every training loop does first: processes, device and seed; on --resume the checkpoint's config and
     state (else the model folders checked); OUT claimed for this run; OUT/config.json. Returns (device, the
     resumed state or None)."""
-    _, _, dev = dist.init()
+    dev = dist.init()
     device = pick_device(str(dev) if dev else cfg.device)
     torch.manual_seed(cfg.seed)
     state = resume(cfg, stage) if cfg.resume else None

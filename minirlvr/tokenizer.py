@@ -108,9 +108,6 @@ class Tokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self.backend.token_to_id(token)
 
-    def id_to_token(self, id: int) -> str | None:
-        return self.backend.id_to_token(id)
-
     @property
     def vocab_size(self) -> int:
         """Number of ids the tokenizer can produce (a checkpoint's embedding may be padded beyond it)."""
@@ -208,17 +205,14 @@ def train_bpe(texts: Iterable[str], vocab_size: int, special_tokens: list[str] =
     if not special_tokens:
         raise ValueError("train_bpe needs at least one special token (the first is eos)")
     backend = _Backend(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(_SPLIT_PATTERN), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_SPLIT_PATTERN), behavior="isolated"),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     backend.decoder = decoders.ByteLevel()
     backend.post_processor = processors.ByteLevel(trim_offsets=False)  # keeps char offsets exact
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - len(added_tokens), min_frequency=min_frequency, show_progress=False,
         special_tokens=[AddedToken(t, special=True, normalized=False) for t in special_tokens],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     backend.train_from_iterator(texts, trainer)
     backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in added_tokens])
     eos = special_tokens[0]
@@ -264,8 +258,7 @@ def _read_chat_template(path: Path) -> str | None:
         if template is None:
             raise ValueError(f"{config_file}: field 'chat_template' lists no template named 'default'")
     if template is not None and not isinstance(template, str):
-        raise ValueError(f"{config_file}: field 'chat_template' must be a string, "
-                         f"got {type(template).__name__}")
+        raise ValueError(f"{config_file}: field 'chat_template' must be a string, got {type(template).__name__}")
     return template
 
 
