@@ -16,7 +16,7 @@ Gradients, with z = h @ W.T / T, p = softmax(z), t the target and H = -sum_v p_v
 import torch
 from torch.autograd.function import once_differentiable
 
-from kernels._compile import MaybeCompiled
+from kernels import MaybeCompiled
 
 
 def _chunk_forward(logits: torch.Tensor, targets: torch.Tensor):
@@ -128,11 +128,8 @@ class _TokenLogprobs(torch.autograd.Function):
                     torch.mm(grad_z, w_acc, out=grad_h[s:e])
                 if need_w:  # accumulated in fp32 across chunks
                     grad_w.addmm_(grad_z.T, hidden[s:e].to(ctx.compute_dtype).to(acc) * ctx.inv_temp)
-        if need_h:
-            grad_h = grad_h.mul_(ctx.inv_temp).to(hidden.dtype)
-        if need_w:
-            grad_w = grad_w.to(weight.dtype)
-        return grad_h, grad_w, None, None, None, None, None
+        return (grad_h.mul_(ctx.inv_temp).to(hidden.dtype) if need_h else None,
+                grad_w.to(weight.dtype) if need_w else None, None, None, None, None, None)
 
 
 def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
@@ -171,19 +168,15 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
 
     targets = targets.long()
     valid = targets != ignore_index
-    all_valid = bool(valid.all())
-    if all_valid:
-        h, t = hidden, targets
-    else:
-        rows = valid.nonzero().squeeze(1)
-        h, t = hidden.index_select(0, rows), targets.index_select(0, rows)
+    rows = None if bool(valid.all()) else valid.nonzero().squeeze(1)
+    h, t = (hidden, targets) if rows is None else (hidden.index_select(0, rows), targets.index_select(0, rows))
     if bool(((t < 0) | (t >= weight.shape[0])).any()):
         raise ValueError(f"token_logprobs: targets must be in [0, {weight.shape[0]}) "
                          f"or {ignore_index}, got range [{int(t.min())}, {int(t.max())}]")
 
     logp, entropy = _TokenLogprobs.apply(h, weight, t, 1.0 / temperature, chunk_size,
                                          _compute_dtype(hidden, weight), compiled)
-    if not all_valid:  # scatter back; ignored positions stay 0 and get no gradient
+    if rows is not None:  # scatter back; ignored positions stay 0 and get no gradient
         logp = logp.new_zeros(targets.shape[0]).index_copy(0, rows, logp)
         entropy = entropy.new_zeros(targets.shape[0]).index_copy(0, rows, entropy)
     return (logp, entropy) if return_entropy else logp

@@ -21,7 +21,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from kernels._compile import MaybeCompiled
+from kernels import MaybeCompiled
 
 Tensor = torch.Tensor
 MAX_LOG_RATIO = 20.0  # exp(20) = 4.9e8: finite in fp32, far beyond any useful ratio
@@ -126,8 +126,7 @@ def _responses(mask: Tensor) -> Tensor:
 
 def agg_seq_mean_token_mean(x: Tensor, mask: Tensor, norm_len: float | None) -> tuple[Tensor, Tensor]:
     """Mean over responses of each one's token mean (original GRPO)."""
-    den = mask.sum(-1)
-    return _safe_div((x * mask).sum(-1), den).sum(), _responses(mask)
+    return _safe_div((x * mask).sum(-1), mask.sum(-1)).sum(), _responses(mask)
 
 
 def agg_seq_mean_token_sum_norm(x: Tensor, mask: Tensor, norm_len: float | None) -> tuple[Tensor, Tensor]:
@@ -138,10 +137,8 @@ def agg_seq_mean_token_sum_norm(x: Tensor, mask: Tensor, norm_len: float | None)
 
 
 AGGREGATORS: dict[str, Callable[[Tensor, Tensor, float | None], tuple[Tensor, Tensor]]] = {
-    "token_mean": agg_token_mean,
-    "seq_mean_token_mean": agg_seq_mean_token_mean,
-    "seq_mean_token_sum_norm": agg_seq_mean_token_sum_norm,
-}
+    "token_mean": agg_token_mean, "seq_mean_token_mean": agg_seq_mean_token_mean,
+    "seq_mean_token_sum_norm": agg_seq_mean_token_sum_norm}
 
 
 def _safe_div(num: Tensor, den: Tensor) -> Tensor:
@@ -154,7 +151,6 @@ def loss_units(mask: Tensor, agg: str = "token_mean") -> Tensor:
     so that its units are defined once."""
     m = mask.to(torch.float32)
     return AGGREGATORS[agg](torch.zeros_like(m), m, None)[1]
-
 
 
 def _token_terms(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, adv: Tensor, mask: Tensor,

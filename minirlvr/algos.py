@@ -49,11 +49,8 @@ def rloo_advantages(rewards: Tensor, group_size: int) -> Tensor:
     return (r - baseline).view(-1)
 
 
-ADVANTAGES: dict[str, Callable[[Tensor, int], Tensor]] = {
-    "grpo": grpo_advantages,
-    "drgrpo": drgrpo_advantages,
-    "rloo": rloo_advantages,
-}
+ADVANTAGES: dict[str, Callable[[Tensor, int], Tensor]] = {"grpo": grpo_advantages, "drgrpo": drgrpo_advantages,
+                                                           "rloo": rloo_advantages}
 
 
 def zero_variance_groups(rewards: Tensor, group_size: int) -> Tensor:

@@ -57,30 +57,36 @@ def fmt_ci(m: dict, digits: int = 3) -> str:
     return f"{m['mean']:.{digits}f} [{m['ci'][0]:.{digits}f}, {m['ci'][1]:.{digits}f}]"
 
 
-def plot_paired_differences(diffs: dict[str, list[float]], path, title: str = "") -> None:
-    """Paper 1 Fig. 1 style: per arm, the distribution of per-prompt score differences against the base."""
+def pyplot():
+    """matplotlib.pyplot drawing to files only (the Agg backend); ImportError without the `plot` extra."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(1.8 + 1.4 * len(diffs), 3.2))
+    return plt
+
+
+def save_figure(fig, path, dpi: int = 120) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+
+
+def plot_paired_differences(diffs: dict[str, list[float]], path, title: str = "") -> None:
+    """Paper 1 Fig. 1 style: per arm, the distribution of per-prompt score differences against the base."""
+    fig, ax = pyplot().subplots(figsize=(1.8 + 1.4 * len(diffs), 3.2))
     names = list(diffs)
     ax.axhline(0, color="gray", lw=0.8)
     ax.violinplot([diffs[n] or [0.0] for n in names], showmeans=True)
     ax.set_xticks(range(1, len(names) + 1), names)
     ax.set_ylabel("harm score: arm - base (per prompt)")
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_lines(xs, series: dict[str, list[float]], path, xlabel: str, ylabel: str, title: str = "",
                errors: dict[str, list[tuple[float, float]]] | None = None) -> None:
     """One line per arm, e.g. harm score vs sampling temperature (paper 1 Fig. 5)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    fig, ax = pyplot().subplots(figsize=(4.5, 3.2))
     for name, ys in series.items():
         ax.plot(xs, ys, marker="o", label=name)
         if errors and name in errors:
@@ -90,6 +96,4 @@ def plot_lines(xs, series: dict[str, list[float]], path, xlabel: str, ylabel: st
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

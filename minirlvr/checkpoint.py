@@ -78,10 +78,9 @@ def load_safetensors_dir(path: Path) -> dict[str, torch.Tensor]:
         if not f.is_file():
             raise CheckpointError(f"{index}: shard {name!r} listed in weight_map does not exist")
         part = read_tensors(f)
-        if weight_map is not None:
-            for k in part:
-                if weight_map.get(k) != name:
-                    raise CheckpointError(f"{f}: tensor {k!r} is not mapped to this shard in {index.name}")
+        for k in part if weight_map is not None else ():
+            if weight_map.get(k) != name:
+                raise CheckpointError(f"{f}: tensor {k!r} is not mapped to this shard in {index.name}")
         state.update(part)
     if weight_map is not None:
         absent = sorted(set(weight_map) - set(state))
@@ -111,8 +110,7 @@ class atomic_dir:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return False
-        umask = os.umask(0)
-        os.umask(umask)
+        os.umask(umask := os.umask(0))  # the only way to read the umask: set it, then put it back
         for d, _, files in os.walk(self.tmp):
             os.chmod(d, 0o777 & ~umask)
             for f in files:
@@ -120,10 +118,7 @@ class atomic_dir:
         if self.path.exists():
             for old in self.path.iterdir() if self.keep_others else ():
                 if not (self.tmp / old.name).exists():
-                    if old.is_dir():
-                        shutil.copytree(old, self.tmp / old.name)
-                    else:
-                        shutil.copy2(old, self.tmp / old.name)
+                    (shutil.copytree if old.is_dir() else shutil.copy2)(old, self.tmp / old.name)
             trash = self.path.with_name(self.path.name + ".old.tmp")
             shutil.rmtree(trash, ignore_errors=True)
             os.rename(self.path, trash)
@@ -147,18 +142,13 @@ def writing(file: Path):
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
     sd = opt.state_dict()
-    tensors = {}
-    for idx, st in sd["state"].items():
-        for k, v in st.items():
-            t = v if torch.is_tensor(v) else torch.tensor(v)
-            tensors[f"{idx}.{k}"] = t.detach().cpu().contiguous()
-    return tensors, sd["param_groups"]
+    return {f"{idx}.{k}": (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
+            for idx, st in sd["state"].items() for k, v in st.items()}, sd["param_groups"]
 
 
 def load_optimizer(opt: torch.optim.Optimizer, file: Path, param_groups: list[dict]) -> None:
-    tensors = read_tensors(file)
     state: dict[int, dict] = {}
-    for key, t in tensors.items():
+    for key, t in read_tensors(file).items():
         idx, name = key.split(".", 1)
         state.setdefault(int(idx), {})[name] = t
     n = sum(len(g["params"]) for g in opt.param_groups)
@@ -175,19 +165,16 @@ def save_checkpoint(out: Path, model, opt: torch.optim.Optimizer, step: int, con
     with atomic_dir(sdir, keep_others=False) as tmp:
         v, internal, gauss = random.getstate()
         state = {"step": step, "python_rng": [v, list(internal), gauss]}
-        rng = {"torch_rng": torch.get_rng_state(), **({"cuda_rng": torch.cuda.get_rng_state()}
-                                                       if torch.cuda.is_available() else {})}
-        with writing(sdir / "rng.safetensors"):
-            save_file(rng, str(tmp / "rng.safetensors"))
-        tensors, state["param_groups"] = optimizer_tensors(opt)
-        with writing(sdir / "optimizer.safetensors"):
-            save_file(tensors, str(tmp / "optimizer.safetensors"))
+        files = {"rng.safetensors": {"torch_rng": torch.get_rng_state(), **(
+            {"cuda_rng": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})}}
+        files["optimizer.safetensors"], state["param_groups"] = optimizer_tensors(opt)
         if critic is not None:
             with writing(sdir / "critic"):
                 critic.save_pretrained(tmp / "critic")
-            tensors, state["critic_param_groups"] = optimizer_tensors(critic_opt)
-            with writing(sdir / "critic" / "optimizer.safetensors"):
-                save_file(tensors, str(tmp / "critic" / "optimizer.safetensors"))
+            files["critic/optimizer.safetensors"], state["critic_param_groups"] = optimizer_tensors(critic_opt)
+        for name, tensors in files.items():
+            with writing(sdir / name):
+                save_file(tensors, str(tmp / name))
         (tmp / "trainer_state.json").write_text(json.dumps(state) + "\n")
     with atomic_dir(mdir, keep_others=False) as tmp:  # nothing carried over: an old layout's optimizer stays out
         with writing(mdir / "model.safetensors"):

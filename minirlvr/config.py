@@ -21,6 +21,8 @@ import types
 import typing
 from pathlib import Path
 
+from minirlvr.data import utf8_text
+
 
 class ConfigError(ValueError):
     pass
@@ -76,6 +78,11 @@ def _fields(cls) -> dict[str, typing.Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+def _default(cls, key: str):
+    f = cls.__dataclass_fields__[key]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
 def _apply(cfg, updates: dict, where: str, parse: bool):
     types_ = _fields(type(cfg))
     for key, value in updates.items():
@@ -118,14 +125,8 @@ def parse_flags(cls, argv: list[str]) -> dict[str, str | list[str]]:
 def read_toml(file: Path) -> dict:
     if not file.is_file():
         raise ConfigError(f"{file}: config file not found")
-    raw = file.read_bytes()
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise ConfigError(f"{file}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); re-save it as UTF-8") from None
-    try:
-        return tomllib.loads(text)
+        return tomllib.loads(utf8_text(file, ConfigError))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{file}: invalid TOML ({e})") from None
 
@@ -161,12 +162,8 @@ def config_help(cls) -> str:
             m = re.match(r"\s{4}(\w+)\s*:[^#]*#\s*(.+)$", line)
             if m:
                 comments[m.group(1)] = m.group(2).strip()
-    rows = []
-    for f in dataclasses.fields(cls):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        tp = typing.get_type_hints(cls)[f.name]
-        rows.append((f"--{f.name} {tp.__name__ if isinstance(tp, type) else tp}", json.dumps(default),
-                     comments.get(f.name, "")))
+    rows = [(f"--{k} {tp.__name__ if isinstance(tp, type) else tp}", json.dumps(_default(cls, k)), comments.get(k, ""))
+            for k, tp in _fields(cls).items()]
     w0, w1 = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
     return "\n".join(f"  {a:<{w0}}  {b:<{w1}}  {c}" for a, b, c in rows)
 
@@ -185,25 +182,20 @@ def resume_config(cfg, saved: dict, where: str, stage: str):
     if saved.get("stage") != stage:
         raise ConfigError(f"{where}: the checkpoint is from stage {saved.get('stage')!r}, not {stage!r}")
     given = getattr(cfg, "_given", None)
-    for f in dataclasses.fields(cfg):
-        if f.name in ("resume", "overwrite") or f.name not in saved:  # what this command asks, never inherited
+    for k in _fields(type(cfg)):
+        if k in ("resume", "overwrite") or k not in saved:  # what this command asks, never inherited
             continue
-        mine, theirs = getattr(cfg, f.name), saved[f.name]
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if f.name in given if given is not None else mine != default:
-            if f.name in RESUMABLE:
+        mine, theirs = getattr(cfg, k), saved[k]
+        if k in given if given is not None else mine != _default(type(cfg), k):
+            if k in RESUMABLE:
                 continue
             if mine != theirs:
-                raise ConfigError(f"{where}: key {f.name!r} is {theirs!r} in the checkpoint but {mine!r} here; a "
+                raise ConfigError(f"{where}: key {k!r} is {theirs!r} in the checkpoint but {mine!r} here; a "
                                   f"resumed run continues the saved one (leave the key out; only "
-                                  f"{', '.join(k for k in RESUMABLE if k not in ('out', 'resume'))} may change)")
-        setattr(cfg, f.name, theirs)
+                                  f"{', '.join(r for r in RESUMABLE if r not in ('out', 'resume'))} may change)")
+        setattr(cfg, k, theirs)
     return cfg
 
 
-def config_to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
-
-
 def save_config(cfg, path: Path) -> None:
-    Path(path).write_text(json.dumps({"stage": type(cfg).__name__, **config_to_dict(cfg)}, indent=2) + "\n")
+    Path(path).write_text(json.dumps({"stage": type(cfg).__name__, **dataclasses.asdict(cfg)}, indent=2) + "\n")

@@ -27,20 +27,24 @@ class DataError(ValueError):
 NEEDS = ("pretrain", "sft", "rl", "prompt", "eval")
 
 
+def utf8_text(path: Path, error: type[Exception] = DataError) -> str:
+    """A file's text; one in another encoding is one `error` naming the file and line, not a UnicodeDecodeError
+    from deep inside a loop."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")          # a byte-order mark (Excel, Notepad) is not content
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise error(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); re-save the file as UTF-8") from None
+
+
 def text_lines(path: str | Path) -> list[str]:
-    """The lines of a UTF-8 text file. A missing file or one in another encoding is one DataError naming
-    the file and line, not a UnicodeDecodeError from deep inside a loop."""
+    """The lines of a UTF-8 text file (utf8_text); a missing file is a DataError naming it."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")          # a byte-order mark (Excel, Notepad) is not content
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); re-save the file as UTF-8") from None
     # split on newlines only: str.splitlines would also cut at U+2028 and friends, which JSON strings may hold
-    return [l[:-1] if l.endswith("\r") else l for l in text.split("\n")]
+    return [l[:-1] if l.endswith("\r") else l for l in utf8_text(path).split("\n")]
 
 
 def read_jsonl(path: str | Path, need: str | None = None) -> list[dict]:
@@ -150,20 +154,11 @@ def chat_prompt_ids(tok, rec: dict, system: str | None = None) -> list[int]:
 # ------------------------------------------------------------------------------------- pretraining
 
 def pretrain_stream(tok, records: list[dict]) -> list[int]:
-    """All documents and chats as one token stream, each followed by the end-of-text token."""
-    ids: list[int] = []
-    texts = []
-    for rec in records:
-        if "text" in rec:
-            if not isinstance(rec["text"], str):
-                raise DataError(f"{rec['_where']}: field 'text' must be a string")
-            texts.append(rec["text"])
-        else:
-            texts.append(tok.apply_chat_template(to_messages(rec), add_generation_prompt=False, tokenize=False))
-    for enc in tok.encode_batch(texts):
-        ids.extend(enc)
-        ids.append(tok.eos_token_id)
-    return ids
+    """All documents and chats (records checked for "pretrain") as one token stream, each followed by the
+    end-of-text token."""
+    texts = [rec["text"] if "text" in rec else
+             tok.apply_chat_template(to_messages(rec), add_generation_prompt=False, tokenize=False) for rec in records]
+    return [i for enc in tok.encode_batch(texts) for i in [*enc, tok.eos_token_id]]
 
 
 def stream_batch(stream: torch.Tensor, step: int, batch_size: int, block: int, seed: int) -> torch.Tensor:
@@ -179,11 +174,7 @@ def stream_batch(stream: torch.Tensor, step: int, batch_size: int, block: int, s
 def sft_examples(tok, records: list[dict], max_len: int) -> list[tuple[list[int], list[int]]]:
     """(ids, loss_mask) per chat; the mask is 1 on assistant tokens (incl. the end-of-turn token).
     Chats longer than max_len are truncated from the right (the count is reported by the caller)."""
-    out = []
-    for rec in records:
-        ids, mask = tok.encode_chat(to_messages(rec))
-        out.append((ids[:max_len], mask[:max_len]))
-    return out
+    return [(ids[:max_len], mask[:max_len]) for ids, mask in (tok.encode_chat(to_messages(r)) for r in records)]
 
 
 def pack_examples(examples: list[tuple[list[int], list[int]]], block: int, seed: int,
@@ -206,12 +197,8 @@ def pack_examples(examples: list[tuple[list[int], list[int]]], block: int, seed:
                 break
         else:
             rows.append((list(ids), list(mask)))
-    ids_t = torch.zeros(len(rows), block + 1, dtype=torch.long)
-    mask_t = torch.zeros(len(rows), block + 1, dtype=torch.long)
-    for j, (ids, mask) in enumerate(rows):
-        ids_t[j, :len(ids)] = torch.tensor(ids)
-        mask_t[j, :len(mask)] = torch.tensor(mask)
-    return ids_t, mask_t
+    padded = lambda k: torch.tensor([r[k] + [0] * (block + 1 - len(r[k])) for r in rows], dtype=torch.long)
+    return padded(0).view(-1, block + 1), padded(1).view(-1, block + 1)
 
 
 def row_batch(n_rows: int, step: int, batch_size: int, seed: int) -> torch.Tensor:

@@ -14,18 +14,15 @@ import torch
 import torch.distributed as dist
 
 
-def init() -> tuple[int, int, torch.device | None]:
-    """(rank, world_size, device or None). Starts a process group only under torchrun (WORLD_SIZE set)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, None
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+def init() -> torch.device | None:
+    """This process's device under torchrun (WORLD_SIZE set), after starting the process group; else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return None
+    local = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
-        dist.init_process_group("nccl")
-        return rank, world, torch.device("cuda", local)
-    dist.init_process_group("gloo")
-    return rank, world, torch.device("cpu")
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def world_size() -> int:
@@ -56,14 +53,11 @@ def all_gather(x: torch.Tensor) -> torch.Tensor:
 
 def sync_grads(params) -> None:
     """Sum gradients over ranks, in place. Losses are already scaled to the global normaliser."""
-    if world_size() == 1:
-        return
-    for p in params:
-        if not p.requires_grad:
-            continue
-        if p.grad is None:  # every rank must join every all-reduce, even with nothing to add
-            p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad)
+    for p in params if world_size() > 1 else ():
+        if p.requires_grad:
+            if p.grad is None:  # every rank must join every all-reduce, even with nothing to add
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
 
 
 def shard(n: int) -> slice:
@@ -80,9 +74,8 @@ def barrier() -> None:
 
 
 def broadcast_params(model: torch.nn.Module) -> None:
-    if world_size() > 1:
-        for p in model.parameters():
-            dist.broadcast(p.data, 0)
+    for p in model.parameters() if world_size() > 1 else ():
+        dist.broadcast(p.data, 0)
 
 
 def finish() -> None:

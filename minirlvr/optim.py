@@ -11,9 +11,8 @@ import torch
 def make_adamw(params, lr: float, weight_decay: float, betas=(0.9, 0.95)) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (norm gains and biases are not decayed, as in GPT-2/nanoGPT)."""
     params = [p for p in params if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     # foreach=False keeps the update bit-identical across save/resume and across 1 vs N processes.
     return torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=False)
 
@@ -43,9 +42,7 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 
 def autocast(device: torch.device, enabled: bool):
     """bf16 autocast when asked (works on CPU and CUDA); a no-op context otherwise."""
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
 class NonFiniteLoss(RuntimeError):

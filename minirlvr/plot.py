@@ -10,10 +10,10 @@ logged none of them (pretraining, SFT) gets its loss. Needs matplotlib (the `plo
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from minirlvr.analysis import pyplot, save_figure
 from minirlvr.data import DataError, read_jsonl
 
 PANELS = (("reward_mean", "reward"), ("accuracy", "accuracy"), ("kl", "KL to reference (nats/token)"),
@@ -50,9 +50,7 @@ def panels_for(runs: dict[str, list[dict]]) -> list[tuple[str, str]]:
 
 def plot_runs(runs: dict[str, list[dict]], path: Path, smooth: int = 1) -> list[str]:
     """Draws one panel per metric (the runs as lines) into `path`; returns the metrics drawn."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     panels = panels_for(runs)
     if not panels:
         raise DataError(f"{', '.join(runs)}: no reward, accuracy, kl, entropy_mean, response_len or loss to plot")
@@ -72,10 +70,8 @@ def plot_runs(runs: dict[str, list[dict]], path: Path, smooth: int = 1) -> list[
         ax.grid(alpha=0.3)
     if len(runs) > 1:
         axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return [k for k, _ in panels]
 
 

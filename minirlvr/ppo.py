@@ -26,10 +26,10 @@ from safetensors.torch import save_file
 from minirlvr import dist
 from minirlvr.checkpoint import load_optimizer, read_tensors
 from minirlvr.config import ConfigError, check
-from minirlvr.grpo import by_micro_batch, frozen_logprobs, global_minibatches, micro_batches, policy_step
+from minirlvr.grpo import (GRPOConfig, by_micro_batch, finish_step, frozen_logprobs, global_minibatches, loss_config,
+                           micro_batches, policy_step, start_run, step_rollout)
 from minirlvr.model import Transformer
 from minirlvr.optim import apply_update, autocast, check_finite, lr_at, make_adamw, set_lr
-from minirlvr.rl import GRPOConfig, finish_step, loss_config, start_run, step_rollout
 from minirlvr.run import StopSignal
 from minirlvr.sampler import Batch
 
@@ -123,19 +123,14 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: 
     positions never influence the result (the next value is taken as 0 past the last real token).
     """
     m = mask.to(values.dtype)
-    values = values * m
-    rewards = rewards * m
-    T = rewards.shape[1]
+    values, rewards = values * m, rewards * m
     adv = torch.zeros_like(rewards)
-    next_adv = torch.zeros_like(rewards[:, 0])
-    next_value = torch.zeros_like(rewards[:, 0])
-    for t in reversed(range(T)):
+    next_adv = next_value = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
         delta = rewards[:, t] + gamma * next_value - values[:, t]
-        a = delta + gamma * lam * next_adv
         # At padding keep carrying zeros, so a trailing pad never feeds into the last real token.
-        adv[:, t] = a * m[:, t]
-        next_adv = adv[:, t]
-        next_value = values[:, t]
+        adv[:, t] = (delta + gamma * lam * next_adv) * m[:, t]
+        next_adv, next_value = adv[:, t], values[:, t]
     return adv, (adv + values) * m
 
 
@@ -204,8 +199,7 @@ def train_ppo(cfg: PPOConfig) -> Path:
                 for rows in global_minibatches(len(ro.rewards), cfg.minibatches, cfg.seed * 7919 + step):
                     s = policy_step(policy, opt, batch, rows, old_logp, ref_logp, advantages, mask, cfg, lcfg, step,
                                     False)
-                    s["value_loss"] = critic_step(critic, critic_opt, batch, rows, old_values, returns, mask, cfg,
-                                                  step)
+                    s["value_loss"] = critic_step(critic, critic_opt, batch, rows, old_values, returns, mask, cfg, step)
                     stats.append(s)
             t_up = time.time() - t0 - t_gen - t_lp
             finish_step(run, cfg, step, ro, old_logp, ref_logp, stats, (time.time() - t0, t_gen, t_lp, t_up), "ppo",

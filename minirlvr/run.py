@@ -38,7 +38,7 @@ def start_training(cfg, stage: str) -> tuple[torch.device, dict | None]:
     """What every training loop does first: processes, device and seed; on --resume the checkpoint's config and
     state (else the model folders checked); OUT claimed for this run; OUT/config.json. Returns (device, the
     resumed state or None)."""
-    _, _, dev = dist.init()
+    dev = dist.init()
     device = pick_device(str(dev) if dev else cfg.device)
     torch.manual_seed(cfg.seed)
     state = resume(cfg, stage) if cfg.resume else None
@@ -187,6 +187,13 @@ def check_report_to(value: str) -> None:
                           "pip install tensorboard")
 
 
+def run_log(cfg, start: int, every: int = 10) -> tuple["MetricsLog", "Progress"]:
+    """A loop's OUT/metrics.jsonl (cut back to `start` on --resume) and its progress line, both rank 0's."""
+    rank0 = dist.rank() == 0
+    return (MetricsLog(Path(cfg.out) / "metrics.jsonl", start if cfg.resume else None, rank0, cfg.report_to),
+            Progress(cfg.steps, start, enabled=cfg.progress and rank0, every=every))
+
+
 class MetricsLog:
     """Appends one JSON line per step. On resume, lines after the resumed step are dropped first, so the
     file reads exactly like an uninterrupted run's; a last line cut short by a kill is dropped too.
@@ -195,8 +202,7 @@ class MetricsLog:
     metrics file); metrics.jsonl stays the record of truth."""
 
     def __init__(self, path: Path, resume_step: int | None = None, enabled: bool = True, report_to: str = ""):
-        self.path, self.enabled = Path(path), enabled
-        self.tb = None
+        self.path, self.enabled, self.tb = Path(path), enabled, None
         if report_to not in REPORT_TO:
             raise ValueError(f"report_to must be one of {', '.join(r or repr(r) for r in REPORT_TO)}, got {report_to!r}")
         if not enabled:
@@ -251,10 +257,9 @@ class TensorBoardWriter:
         self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
 
     def write(self, row: dict) -> None:
-        step = int(row["step"])
         for k, v in row.items():
             if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                self.writer.add_scalar(k, v, step)
+                self.writer.add_scalar(k, v, int(row["step"]))
         self.writer.flush()
 
     def close(self) -> None:
@@ -268,14 +273,12 @@ class Progress:
 
     def __init__(self, total: int, start: int = 0, enabled: bool = True, every: int = 10, unit: str = "step"):
         self.total, self.start, self.enabled, self.every, self.unit = total, start, enabled, every, unit
-        self.t0 = time.time()
-        self.tty = sys.stderr.isatty()
+        self.t0, self.tty = time.time(), sys.stderr.isatty()
 
     def update(self, step: int, **shown) -> None:
         if not self.enabled:
             return
-        done = step + 1 - self.start
-        rate = done / max(1e-9, time.time() - self.t0)
+        rate = (step + 1 - self.start) / max(1e-9, time.time() - self.t0)
         eta = (self.total - step - 1) / rate if rate > 0 else math.inf
         parts = [f"{self.unit} {step + 1}/{self.total}"] + [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                             for k, v in shown.items()]

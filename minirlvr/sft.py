@@ -18,11 +18,11 @@ import torch
 from minirlvr import dist
 from minirlvr.checkpoint import CheckpointError, restore_training, save_checkpoint
 from minirlvr.config import ConfigError, check
-from minirlvr.data import pack_examples, pretrain_stream, read_many, row_batch, sft_examples, stream_batch
+from minirlvr.data import pack_examples, pretrain_stream, read_many, row_batch, sft_examples, stream_batch, to_messages
 from minirlvr.model import SUPPORTED_MODEL_TYPES, ModelConfig, Transformer
 from minirlvr.optim import apply_update, autocast, check_finite, lr_at, make_adamw, set_lr
-from minirlvr.run import MetricsLog, Progress, StopSignal, after_step, check_report_to, start_training
-from minirlvr.tokenizer import Tokenizer
+from minirlvr.run import StopSignal, after_step, check_report_to, run_log, start_training
+from minirlvr.tokenizer import SPECIAL_TOKENS, THINK_TOKENS, Tokenizer, train_bpe
 
 
 @dataclass
@@ -120,13 +120,10 @@ def train_lm(cfg: LMConfig, model: Transformer, tok: Tokenizer, rows: torch.Tens
              stream: torch.Tensor | None = None, state: dict | None = None) -> Path:
     """The loop. Either `stream` (pretraining: random blocks cut from one token stream) or packed `rows`/`masks`;
     state: the resumed checkpoint's (start_training)."""
-    rank, world = dist.rank(), dist.world_size()
-    device = next(model.parameters()).device
+    world, device = dist.world_size(), next(model.parameters()).device
     opt = make_adamw(model.parameters(), cfg.lr, cfg.weight_decay)
     start = restore_training(state, opt)
-    log = MetricsLog(Path(cfg.out) / "metrics.jsonl", resume_step=start if cfg.resume else None, enabled=rank == 0,
-                     report_to=cfg.report_to)
-    bar = Progress(cfg.steps, start, enabled=cfg.progress and rank == 0)
+    log, bar = run_log(cfg, start)
     micro = cfg.batch_size // (cfg.grad_accum * world)
     if micro * cfg.grad_accum * world != cfg.batch_size:
         raise ConfigError(f"config: batch_size {cfg.batch_size} must divide by grad_accum * processes")
@@ -177,20 +174,17 @@ def pretrain(cfg: PretrainConfig) -> Path:
             raise CheckpointError(f"{cfg.tokenizer}: no tokenizer.json there; --tokenizer takes a folder holding one")
         tok = Tokenizer.from_pretrained(cfg.tokenizer)
     else:
-        from minirlvr.tokenizer import train_bpe
-        from minirlvr.data import to_messages
         texts = [r["text"] if "text" in r else "\n".join(m["content"] for m in to_messages(r)) for r in records]
-        tok = train_bpe(texts, cfg.vocab_size, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"])
+        tok = train_bpe(texts, cfg.vocab_size, special_tokens=SPECIAL_TOKENS + THINK_TOKENS)
     stream = torch.tensor(pretrain_stream(tok, records), dtype=torch.long)
     if cfg.resume:
         model = Transformer.from_pretrained(cfg.resume, device=device)
     else:
-        mc = ModelConfig(vocab_size=tok.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-                         num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
-                         num_key_value_heads=cfg.num_key_value_heads, max_position_embeddings=cfg.max_position_embeddings,
-                         model_type=cfg.model_type, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                         tie_word_embeddings=True)
-        model = Transformer(mc).to(device)
+        shape = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                 "max_position_embeddings", "model_type")
+        model = Transformer(ModelConfig(vocab_size=tok.vocab_size, eos_token_id=tok.eos_token_id,
+                                        pad_token_id=tok.pad_token_id, tie_word_embeddings=True,
+                                        **{k: getattr(cfg, k) for k in shape})).to(device)
     dist.broadcast_params(model)
     if dist.rank() == 0 and cfg.progress:
         print(f"pretrain: {model.num_params() / 1e6:.2f}M params, {len(stream) / 1e6:.2f}M tokens, "

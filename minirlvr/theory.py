@@ -105,8 +105,7 @@ def chi2(p, q) -> Tensor:
     """
     p, q = _dist("p", p), _dist("q", q)
     inf = torch.full_like(p, math.inf)
-    terms = torch.where(q > 0, (p - q) ** 2 / q.clamp_min(1e-300), torch.where(p > 0, inf, 0.0))
-    return terms.sum(-1)
+    return torch.where(q > 0, (p - q) ** 2 / q.clamp_min(1e-300), torch.where(p > 0, inf, 0.0)).sum(-1)
 
 
 def drift(p, p_ref, s) -> Tensor:
@@ -205,10 +204,9 @@ def k3_fixed_point(p_ref, g, beta, iters: int = 100) -> Tensor:
     b = _beta(beta, p_ref)
     g_max = _support_max(p_ref, g)
     on_max = (g == g_max) & (p_ref > 0)
-    log_b = torch.log(b)
-    log_pref = torch.log(p_ref)
-    log_gap = torch.log(g_max - g)  # -inf on the maximisers; nan off-support above g_max is masked below
-    log_gap = torch.where(p_ref > 0, log_gap, math.inf)
+    log_b, log_pref = torch.log(b), torch.log(p_ref)
+    # -inf on the maximisers; the nan of off-support paths above g_max is masked
+    log_gap = torch.where(p_ref > 0, torch.log(g_max - g), math.inf)
 
     def log_p(log_delta: Tensor) -> Tensor:  # log of beta p_ref / (delta + gap), unnormalised
         return log_b + log_pref - torch.logaddexp(log_delta, log_gap)
@@ -227,9 +225,7 @@ def k3_fixed_point(p_ref, g, beta, iters: int = 100) -> Tensor:
         raise ValueError("theory: k3_fixed_point: p_ref is 0 on a path whose g exceeds the multiplier; "
                          "the optimum then leaves the support of p_ref (drop those paths)")
     # The limits, where the bisection bracket degenerates.
-    p = torch.where(b == 0, gibbs_tilt(p_ref, g, 0.0), p)
-    p = torch.where(torch.isinf(b), p_ref, p)
-    return p
+    return torch.where(torch.isinf(b), p_ref, torch.where(b == 0, gibbs_tilt(p_ref, g, 0.0), p))
 
 
 # -----------------------------------------------------------------------------
@@ -263,9 +259,7 @@ def chi2_from_logratios(logp, logp_ref, sampled_from: str = "p") -> Tensor:
     """
     logp, logp_ref = _sample_inputs(logp, logp_ref, sampled_from)
     log_w = logp - logp_ref
-    if sampled_from == "ref":
-        log_w = 2 * log_w
-    return torch.exp(log_w).mean(-1) - 1
+    return torch.exp(2 * log_w if sampled_from == "ref" else log_w).mean(-1) - 1
 
 
 def drift_from_logratios(logp, logp_ref, s, sampled_from: str = "p") -> Tensor:

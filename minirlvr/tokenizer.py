@@ -7,14 +7,12 @@ byte-level BPE training for MiniWorld.
 
 Chat templates are rendered the way transformers renders them (the checkpoint's own Jinja template in
 a sandbox with trim_blocks/lstrip_blocks, then encoded without adding special tokens), so the ids are
-exactly what `AutoTokenizer.apply_chat_template` returns. jinja2 is optional: without it, built-in
-renderers reproduce the ChatML family (Qwen2/2.5, SmolLM2, MiniWorld) and the Llama-3 family
-(3, 3.1, 3.2); any other template fails with a clear error.
+exactly what `AutoTokenizer.apply_chat_template` returns. jinja2 is installed with torch (a requirement
+of it), so every template renders through it.
 """
 
 import json
 import os
-import re
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -22,6 +20,8 @@ from typing import Iterable
 
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as _Backend
+
+from minirlvr.checkpoint import read_json
 
 # MiniWorld's chat format: plain ChatML, no default system prompt.
 CHATML = (
@@ -108,9 +108,6 @@ class Tokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self.backend.token_to_id(token)
 
-    def id_to_token(self, id: int) -> str | None:
-        return self.backend.id_to_token(id)
-
     @property
     def vocab_size(self) -> int:
         """Number of ids the tokenizer can produce (a checkpoint's embedding may be padded beyond it)."""
@@ -144,13 +141,9 @@ class Tokenizer:
         # transformers drops None-valued keys (e.g. content=None from OpenAI-style messages).
         messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
         # The template sees the named special tokens (bos_token, eos_token, ...) as variables.
-        variables = dict(self.special_tokens)
-        jinja2 = _import_jinja2()
-        if jinja2 is not None:
-            template = _compile_jinja(self.chat_template)
-            return template.render(messages=messages, tools=None, documents=None,
-                                   add_generation_prompt=add_generation_prompt, **variables)
-        return _render_builtin(self.chat_template, messages, add_generation_prompt, variables)
+        return _compile_jinja(self.chat_template).render(messages=messages, tools=None, documents=None,
+                                                          add_generation_prompt=add_generation_prompt,
+                                                          **self.special_tokens)
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
                             tokenize: bool = True) -> list[int] | str:
@@ -212,34 +205,21 @@ def train_bpe(texts: Iterable[str], vocab_size: int, special_tokens: list[str] =
     if not special_tokens:
         raise ValueError("train_bpe needs at least one special token (the first is eos)")
     backend = _Backend(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(_SPLIT_PATTERN), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_SPLIT_PATTERN), behavior="isolated"),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     backend.decoder = decoders.ByteLevel()
     backend.post_processor = processors.ByteLevel(trim_offsets=False)  # keeps char offsets exact
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - len(added_tokens), min_frequency=min_frequency, show_progress=False,
         special_tokens=[AddedToken(t, special=True, normalized=False) for t in special_tokens],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     backend.train_from_iterator(texts, trainer)
     backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in added_tokens])
     eos = special_tokens[0]
     return Tokenizer(backend, {"eos_token": eos, "pad_token": eos}, chat_template, source="<train_bpe>")
 
 
-# ----- reading tokenizer_config.json -----
-
-def _read_json(file: Path) -> dict:
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{file}: invalid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{file}: expected a JSON object, got {type(data).__name__}")
-    return data
-
+# ----- reading tokenizer_config.json (read_json: a CheckpointError, a ValueError, names the file) -----
 
 _NAMED_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
@@ -251,7 +231,7 @@ def _read_special_tokens(file: Path) -> dict[str, str | None]:
     if not file.is_file():
         return {}
     special = {}
-    for key, value in _read_json(file).items():
+    for key, value in read_json(file).items():
         if not key.endswith("_token"):
             continue
         if isinstance(value, dict):
@@ -271,15 +251,14 @@ def _read_chat_template(path: Path) -> str | None:
     config_file = path / "tokenizer_config.json"
     if not config_file.is_file():
         return None
-    template = _read_json(config_file).get("chat_template")
+    template = read_json(config_file).get("chat_template")
     if isinstance(template, list):  # named templates: [{"name": "default", "template": "..."}, ...]
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default")
         if template is None:
             raise ValueError(f"{config_file}: field 'chat_template' lists no template named 'default'")
     if template is not None and not isinstance(template, str):
-        raise ValueError(f"{config_file}: field 'chat_template' must be a string, "
-                         f"got {type(template).__name__}")
+        raise ValueError(f"{config_file}: field 'chat_template' must be a string, got {type(template).__name__}")
     return template
 
 
@@ -290,32 +269,18 @@ def _write_atomic(file: Path, text: str) -> None:
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 # ----- rendering through jinja2, as transformers does -----
-
-def _import_jinja2():
-    """jinja2 is optional; None means the built-in renderers are used."""
-    try:
-        import jinja2
-        import jinja2.ext
-        import jinja2.sandbox
-    except ImportError:
-        return None
-    return jinja2
-
 
 @lru_cache(maxsize=16)
 def _compile_jinja(template: str):
     """Compile in an environment that matches transformers' (sandboxed, trim_blocks, lstrip_blocks,
     loop controls, tojson without HTML escaping, raise_exception, strftime_now, {% generation %})."""
-    jinja2 = _import_jinja2()
+    import jinja2
+    import jinja2.ext
+    import jinja2.sandbox
 
     class GenerationTag(jinja2.ext.Extension):
         # TRL-style templates mark assistant text with {% generation %}...{% endgeneration %};
@@ -342,59 +307,3 @@ def _compile_jinja(template: str):
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     return env.from_string(template)
-
-
-# ----- built-in renderers, used when jinja2 is absent -----
-
-_CHATML_DEFAULT_SYSTEM = re.compile(r"<\|im_start\|>system(?:\\n|\n)((?:(?!<\|im_end\|>)[^'\"])*)<\|im_end\|>")
-_UNSUPPORTED_MARKERS = ("reasoning_content", "enable_thinking", "<think>")  # e.g. Qwen3 rewrites history
-
-
-def _render_builtin(template: str, messages: list[dict], add_generation_prompt: bool,
-                    variables: dict[str, str]) -> str:
-    """Reproduce the ChatML and Llama-3 families of templates without jinja2."""
-    def unsupported(why: str) -> ValueError:
-        return ValueError(f"chat template not supported without jinja2 ({why}); "
-                          "install jinja2 to render this checkpoint's own template")
-
-    if any(marker in template for marker in _UNSUPPORTED_MARKERS):
-        raise unsupported("it treats reasoning content specially")
-    for i, m in enumerate(messages):
-        extra = set(m) - {"role", "content"}
-        if extra or not isinstance(m.get("content"), str) or m.get("role") not in ("system", "user", "assistant"):
-            raise unsupported(f"message {i} is not a plain system/user/assistant message with string content")
-
-    if "<|im_start|>" in template and "<|im_end|>" in template:
-        # ChatML. Qwen2/2.5 and SmolLM2 insert a default system prompt when the first message is not one.
-        out = []
-        default = _CHATML_DEFAULT_SYSTEM.search(template)
-        if default is not None and messages[0]["role"] != "system":
-            out.append(f"<|im_start|>system\n{_unescape_jinja(default.group(1))}<|im_end|>\n")
-        out += [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
-        if add_generation_prompt:
-            out.append("<|im_start|>assistant\n")
-        return "".join(out)
-
-    if "<|start_header_id|>" in template and "<|eot_id|>" in template:
-        # Llama 3: every turn's content is trimmed; 3.1+ always opens with a dated system turn.
-        def turn(role: str, content: str) -> str:
-            return f"<|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>"
-
-        out = [variables.get("bos_token", "")]
-        if "Cutting Knowledge Date" in template:
-            system = ""
-            if messages[0]["role"] == "system":
-                system, messages = messages[0]["content"].strip(), messages[1:]
-            date = datetime.now().strftime("%d %b %Y") if "strftime_now" in template else "26 Jul 2024"
-            out.append(turn("system", f"Cutting Knowledge Date: December 2023\nToday Date: {date}\n\n{system}"))
-        out += [turn(m["role"], m["content"].strip()) for m in messages]
-        if add_generation_prompt:
-            out.append("<|start_header_id|>assistant<|end_header_id|>\n\n")
-        return "".join(out)
-
-    raise unsupported("only the ChatML and Llama-3 families are built in")
-
-
-def _unescape_jinja(s: str) -> str:
-    """Undo the escapes a Jinja string literal may contain (\\n, \\t, \\\\, quotes)."""
-    return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), s)

@@ -60,10 +60,7 @@ def _boxed_content(text: str, start: int) -> str:
 
 def _final_answer_text(response: str) -> str | None:
     """Raw text of the last `#### ...` line or `\\boxed{...}`, whichever comes last."""
-    hashes = list(_HASHES.finditer(response))
-    boxes = list(_BOXED.finditer(response))
-    last_hash = hashes[-1] if hashes else None
-    last_box = boxes[-1] if boxes else None
+    last_hash, last_box = (([None] + list(p.finditer(response)))[-1] for p in (_HASHES, _BOXED))
     if last_hash is None and last_box is None:
         return None
     if last_box is None or (last_hash is not None and last_hash.start() > last_box.start()):
@@ -108,9 +105,7 @@ def _canonical(x: Fraction) -> str:
 
 def _last_number(text: str) -> Fraction | None:
     """The last number written anywhere in `text` (flexible mode)."""
-    last = None
-    for last in _NUMBER.finditer(text):
-        pass
+    last = ([None] + list(_NUMBER.finditer(text)))[-1]
     if last is None:
         return None
     start = last.start()

@@ -314,7 +314,7 @@ def always_zero(rec, text):
 
 
 def test_truncated_share_counts_responses_cut_by_the_budget():
-    from minirlvr.rl import truncated_rows
+    from minirlvr.grpo import truncated_rows
     from minirlvr.sampler import build_batch
     batch = build_batch([[5, 6], [7]], [[1, 2, 9], [3, 4, 2]])  # 2 is a stop id; budget 3
     assert truncated_rows(batch, [2], 3).tolist() == [True, False]

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import kernels
-import kernels._compile
+import kernels
 from kernels import token_logprobs
 
 NO_COMPILE = os.environ.get("MINIRLVR_NO_COMPILE", "") not in ("", "0")
@@ -215,9 +215,9 @@ def test_bad_inputs_fail_fast():
 def test_compile_switch(monkeypatch):
     # the env var forces eager even when compile is requested
     monkeypatch.setenv("MINIRLVR_NO_COMPILE", "1")
-    assert not kernels._compile.want_compile(True) and not kernels._compile.want_compile(None)
+    assert not kernels.want_compile(True) and not kernels.want_compile(None)
     monkeypatch.delenv("MINIRLVR_NO_COMPILE")
-    assert kernels._compile.want_compile(True) and not kernels._compile.want_compile(False)
+    assert kernels.want_compile(True) and not kernels.want_compile(False)
 
     # compiled=None: a failing compile warns once, falls back to eager, and stays eager
     def compile_fails_with(err):
@@ -227,17 +227,17 @@ def test_compile_switch(monkeypatch):
             return run_it
         return fake_compile
     failed = torch._dynamo.exc.BackendCompilerFailed(lambda *a: None, RuntimeError("no C++ compiler here"), None)
-    monkeypatch.setattr(kernels._compile, "_compile_broken", False)
+    monkeypatch.setattr(kernels, "_compile_broken", False)
     monkeypatch.setattr(torch, "compile", compile_fails_with(failed))
-    fresh = kernels._compile.MaybeCompiled(lambda x: x + 1)
+    fresh = kernels.MaybeCompiled(lambda x: x + 1)
     with pytest.warns(UserWarning, match="torch.compile failed"):
         assert fresh(None, torch.tensor(1.0)) == 2
-    assert not kernels._compile.want_compile(None)
+    assert not kernels.want_compile(None)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert fresh(None, torch.tensor(2.0)) == 3  # no second warning, no second attempt
     with pytest.raises(torch._dynamo.exc.BackendCompilerFailed):  # compiled=True does not hide the error
-        kernels._compile.MaybeCompiled(lambda x: x)(True, torch.tensor(1.0))
+        kernels.MaybeCompiled(lambda x: x)(True, torch.tensor(1.0))
 
 
 def test_errors_of_the_computation_are_not_compile_failures(monkeypatch):
@@ -247,10 +247,10 @@ def test_errors_of_the_computation_are_not_compile_failures(monkeypatch):
         def run_it(*a):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return run_it
-    monkeypatch.setattr(kernels._compile, "_compile_broken", False)
+    monkeypatch.setattr(kernels, "_compile_broken", False)
     monkeypatch.setattr(torch, "compile", oom_compile)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(torch.OutOfMemoryError):
-            kernels._compile.MaybeCompiled(lambda x: x + 1)(None, torch.tensor(1.0))
-    assert kernels._compile.want_compile(None)
+            kernels.MaybeCompiled(lambda x: x + 1)(None, torch.tensor(1.0))
+    assert kernels.want_compile(None)

@@ -1,9 +1,8 @@
 """Tokenizer: loading/saving, BPE training, and chat templates cross-checked against transformers.
 
 Chat ids are compared with transformers' apply_chat_template on tiny tokenizers trained here and
-saved with real checkpoints' templates (tests/fixtures/tokenizer), both through jinja2 and through the
-built-in renderers (forced by hiding jinja2). With MINIRLVR_SMOLLM2=<dir> (an HF folder
-of it: README "Real models") the same checks also run on the real SmolLM2-135M-Instruct tokenizer.
+saved with real checkpoints' templates (tests/fixtures/tokenizer). With MINIRLVR_SMOLLM2=<dir> (an HF
+folder of it: README "Real models") the same checks also run on the real SmolLM2-135M-Instruct tokenizer.
 """
 
 import json
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-import minirlvr.tokenizer as tokmod
 from minirlvr.tokenizer import CHATML, SPECIAL_TOKENS, Tokenizer, train_bpe
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tokenizer"
@@ -81,11 +79,6 @@ def saved(tmp_path_factory):
     return out
 
 
-@pytest.fixture
-def no_jinja(monkeypatch):
-    monkeypatch.setattr(tokmod, "_import_jinja2", lambda: None)
-
-
 def hf_tokenizer(path):
     transformers = pytest.importorskip("transformers")
     return transformers.AutoTokenizer.from_pretrained(str(path))
@@ -98,13 +91,10 @@ def hf_chat_ids(hf, messages, add_generation_prompt):
 
 # ----- chat templates against transformers -----
 
-@pytest.mark.parametrize("use_jinja", [True, False], ids=["jinja", "builtin"])
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_chat_ids_match_transformers(family, use_jinja, saved, monkeypatch):
+def test_chat_ids_match_transformers(family, saved):
     hf = hf_tokenizer(saved[family])
     ours = Tokenizer.from_pretrained(saved[family])
-    if not use_jinja:
-        monkeypatch.setattr(tokmod, "_import_jinja2", lambda: None)
     for messages in CONVERSATIONS:
         for agp in (True, False):
             text = hf.apply_chat_template(messages, add_generation_prompt=agp, tokenize=False)
@@ -150,20 +140,6 @@ def test_raise_exception_in_template(saved):
         tok.apply_chat_template([U1])
 
 
-def test_builtin_renderer_rejects_what_it_cannot_reproduce(saved, no_jinja):
-    tok = Tokenizer.from_pretrained(saved["miniworld"])
-    tok.chat_template = "{% for m in messages %}<start_of_turn>{{ m['role'] }}{% endfor %}"  # Gemma-like
-    with pytest.raises(ValueError, match="not supported without jinja2"):
-        tok.apply_chat_template([U1])
-    tok.chat_template = CHATML.replace("{% for", "{% if enable_thinking %}{% endif %}{% for")  # Qwen3-like
-    with pytest.raises(ValueError, match="not supported without jinja2"):
-        tok.apply_chat_template([U1])
-    tok.chat_template = CHATML
-    tool_call = {"role": "assistant", "content": "", "tool_calls": [{"name": "f"}]}
-    with pytest.raises(ValueError, match="message 1"):
-        tok.apply_chat_template([U1, tool_call])
-
-
 def test_chat_errors(saved):
     tok = Tokenizer.from_pretrained(saved["miniworld"])
     with pytest.raises(ValueError, match="empty"):
@@ -186,13 +162,10 @@ def masked_spans(ids, mask):
     return spans + ([cur] if cur else [])
 
 
-@pytest.mark.parametrize("use_jinja", [True, False], ids=["jinja", "builtin"])
 @pytest.mark.parametrize("family,end", [("miniworld", "<|im_end|>"), ("qwen2.5", "<|im_end|>"),
                                         ("llama3.1", "<|eot_id|>")])
-def test_encode_chat_masks_assistant_content_and_stop(family, end, use_jinja, saved, monkeypatch):
+def test_encode_chat_masks_assistant_content_and_stop(family, end, saved):
     tok = Tokenizer.from_pretrained(saved[family])
-    if not use_jinja:
-        monkeypatch.setattr(tokmod, "_import_jinja2", lambda: None)
     for messages in CONVERSATIONS:
         ids, mask = tok.encode_chat(messages)
         assert ids == tok.apply_chat_template(messages, add_generation_prompt=False)
@@ -370,12 +343,9 @@ def test_malformed_tokenizer_config(saved, tmp_path, config, match):
 # ----- the real SmolLM2-135M-Instruct tokenizer (optional) -----
 
 @pytest.mark.skipif(not SMOLLM2, reason="set MINIRLVR_SMOLLM2 to an HF folder of SmolLM2-135M-Instruct (README: Real models)")
-@pytest.mark.parametrize("use_jinja", [True, False], ids=["jinja", "builtin"])
-def test_smollm2_matches_transformers(use_jinja, monkeypatch):
+def test_smollm2_matches_transformers():
     hf = hf_tokenizer(SMOLLM2)
     ours = Tokenizer.from_pretrained(SMOLLM2)
-    if not use_jinja:
-        monkeypatch.setattr(tokmod, "_import_jinja2", lambda: None)
     assert ours.vocab_size == len(hf)
     assert (ours.eos_token_id, ours.bos_token_id, ours.pad_token_id) == (hf.eos_token_id, hf.bos_token_id,
                                                                        hf.pad_token_id)
