@@ -18,6 +18,13 @@ shared, and the minimum is the figure least disturbed by other processes.
 machine it is steadier than wall time, and with --threads 1 it is the work.
 
     .venv/bin/python bench/logprob.py [--n 4096] [--repeats 2] [--rounds 2] [--chunk-size 1024] [--threads 0]
+                                      [--dtype bfloat16]
+
+With --dtype bfloat16 the inputs are bf16 and every implementation runs in that dtype as it would under
+autocast: naive and trl form bf16 logits; ours forms fp32 logits from the bf16 values (on CUDA a bf16 matmul
+with fp32 accumulation; on CPU, which torch gives no such matmul, an fp32 matmul of the bf16-rounded values)
+and normalises in fp32. On a CPU without bf16 matmul units (AVX2 only) torch's bf16 matmuls are far slower
+than fp32's, so there the time column measures that, not the kernels.
 """
 
 import argparse
@@ -60,8 +67,9 @@ def child(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    h = torch.randn(args.n, args.h, requires_grad=True)
-    w = (torch.randn(args.v, args.h) * 0.05).requires_grad_()
+    dtype = getattr(torch, args.dtype)  # every implementation gets its inputs in this dtype
+    h = torch.randn(args.n, args.h).to(dtype).requires_grad_()
+    w = (torch.randn(args.v, args.h) * 0.05).to(dtype).requires_grad_()
     t = torch.randint(0, args.v, (args.n,))
     g = torch.randn(args.n)  # an arbitrary upstream gradient, as an RL loss would send
     fn = {"naive": naive, "trl": trl_style,
@@ -90,19 +98,23 @@ def main():
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="dtype of h and W; naive and trl then compute the logits in it, ours sums in fp32")
+    ap.add_argument("--impls", default="naive,trl,ours,ours-eager", help="comma-separated; naive always runs")
     ap.add_argument("--impl", default=None, help=argparse.SUPPRESS)  # set in child processes
     args = ap.parse_args()
     if args.impl:
         return child(args)
 
-    print(f"N={args.n} V={args.v} H={args.h} fp32, fwd+bwd, chunk_size={args.chunk_size}, "
+    print(f"N={args.n} V={args.v} H={args.h} {args.dtype}, fwd+bwd, chunk_size={args.chunk_size}, "
           f"best of {args.repeats} x {args.rounds} rounds, "
           f"torch {torch.__version__}, {args.threads or torch.get_num_threads()} threads")
+    impls = ["naive"] + [i for i in args.impls.split(",") if i != "naive"]
     rows = {}
-    for _, impl in [(r, i) for r in range(args.rounds) for i in ["naive", "trl", "ours", "ours-eager"]]:
+    for _, impl in [(r, i) for r in range(args.rounds) for i in impls]:
         cmd = [sys.executable, os.path.abspath(__file__), "--impl", impl, "--n", str(args.n),
                "--v", str(args.v), "--h", str(args.h), "--chunk-size", str(args.chunk_size),
-               "--repeats", str(args.repeats), "--threads", str(args.threads)]
+               "--repeats", str(args.repeats), "--threads", str(args.threads), "--dtype", args.dtype]
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         out = p.stdout.read()
         _, status, usage = os.wait4(p.pid, 0)
