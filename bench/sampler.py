@@ -161,7 +161,8 @@ def main():
             first = min((next(t for t in range(N) if x[t] != y[t])
                          for x, y in zip(outs["transformers"], outs[k]) if x != y), default=None)
             eq = f"{equal}/{B}" + ("" if first is None else f" (diff @{first})")
-            print(f"{B:>5}{'f' if k == 'ours fast' else ' '}{tps['transformers']:>12.1f} {tps[k]:>8.1f} {tps[k] / tps['transformers']:>5.2f}x {eq:>13} "
+            side = "f" if k == "ours fast" else " "
+            print(f"{B:>5}{side}{tps['transformers']:>12.1f} {tps[k]:>8.1f} {tps[k] / tps['transformers']:>5.2f}x {eq:>13} "
                   f"{tps[k] / mem_limit:>6.0%} of {mem_limit:>6.0f}   "
                   f"{tps[k] / compute_limit:>6.0%} of {compute_limit:>6.0f}")
     print(f"load average at the end {os.getloadavg()[0]:.1f} (2 cores: above ~0.5, other processes were running)")

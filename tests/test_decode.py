@@ -1,7 +1,7 @@
-"""The fast decode path (generate(fast=True), sampler.decode_step): a static-shape KV cache written at a slot held in
-a tensor, attention over every slot under a mask, compiled by torch.compile. Against the default path: the same
-greedy tokens and log-probs up to rounding, the same sampled tokens given the same random draws (compiled and eager
-draw the same stream), stop tokens, token limits and dropped rows, and a clean fallback when compiling fails.
+"""The fast decode path (generate(fast=True), sampler.decode_step): each step, forward and sampling, one graph
+compiled by torch.compile with dynamic shapes. Against the default path: the same greedy tokens and log-probs up to
+rounding, the same sampled tokens given the same random draws (compiled and eager draw the same stream), stop
+tokens, token limits and dropped rows, groups, and a clean fallback when compiling fails.
 
 The eager tests run with sampler.COMPILE off (cheap); the compiled ones compile a few graphs (tens of seconds each
 on a loaded 2-core machine, once per process and model shape)."""
@@ -48,14 +48,14 @@ def same_greedy(m, prompts, n, device="cpu"):
     torch.testing.assert_close(fast.logprobs_tensor, default.logprobs_tensor, atol=1e-5, rtol=0)
 
 
-# ----------------------------------------------------------------------------------------- eager static path
+# ----------------------------------------------------------------------------------------- eager
 
-def test_static_cache_greedy_equals_default(model, eager):
+def test_eager_fast_greedy_equals_default(model, eager):
     same_greedy(model, ragged_prompts(1, (6, 2, 11, 1, 4)), 12)
 
 
 @pytest.mark.parametrize("top_k, top_p", [(0, 1.0), (8, 0.8)])
-def test_static_cache_samples_with_the_model_s_logprobs(model, eager, top_k, top_p):
+def test_eager_fast_samples_with_the_model_s_logprobs(model, eager, top_k, top_p):
     prompts = ragged_prompts(2, (3, 8, 1))
     out = generate(model, prompts, max_new_tokens=14, temperature=1.0, top_k=top_k, top_p=top_p, seed=3,
                    num_samples=3, fast=True)
@@ -68,7 +68,7 @@ def test_static_cache_samples_with_the_model_s_logprobs(model, eager, top_k, top
             torch.testing.assert_close(torch.tensor(lps, dtype=torch.float64), ref, atol=1e-5, rtol=0)
 
 
-def test_static_cache_stops_drops_rows_and_respects_the_limit(model, eager, monkeypatch):
+def test_eager_fast_stops_drops_rows_and_respects_the_limit(model, eager, monkeypatch):
     prompts = ragged_prompts(9, (3, 3, 5, 2, 4, 6))
     free = generate(model, prompts, max_new_tokens=12).tokens
     stop = {free[0][1], free[1][1], free[2][2]}
