@@ -15,7 +15,7 @@ the tokens are equal, and our tokens/s as a fraction of two limits of this machi
 Batch 1 is bound by memory, large batches by compute.
 
     .venv/bin/python bench/sampler.py [--model models/SmolLM2-135M-Instruct] [--batches 1,16] [--new-tokens 128]
-        [--threads 1]
+        [--threads 1] [--fast]
 """
 
 import argparse
@@ -108,6 +108,8 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--no-onednn", action="store_true", help="our plain path (nn.Linear), as used on GPU")
+    ap.add_argument("--fast", action="store_true", help="also generate(fast=True) (rows marked 'f'): the compiled "
+                    "static-shape decode step; its tokens may differ from the default's by rounding")
     args = ap.parse_args()
     if args.no_onednn:
         sampler.USE_ONEDNN = False
@@ -123,10 +125,11 @@ def main():
     peak = max(peaks.values())
     print(f"machine: copy bandwidth {bw / 1e9:.1f} GB/s; {args.dtype} matmul "
           + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()))
-    print(f"{'batch':>5} {'transformers':>12} {'ours':>8} {'ratio':>6} {'tokens equal':>13} "
+    print(f"{'batch':>5}  {'transformers':>11} {'ours':>8} {'ratio':>6} {'tokens equal':>13} "
           f"{'ours/memory limit':>19} {'ours/compute limit':>19}   (tok/s)")
     g = torch.Generator().manual_seed(0)
-    for B in [int(b) for b in args.batches.split(",")]:
+    batches = [int(b) for b in args.batches.split(",")]
+    for B in batches:
         ids = torch.randint(0, ours.config.vocab_size, (B, L), generator=g)
         prompts = ids.tolist()
 
@@ -137,8 +140,12 @@ def main():
 
         runs = {"transformers": run_theirs,
                 "ours": lambda n=N: generate(ours, prompts, max_new_tokens=n).tokens}
-        for fn in runs.values():
-            fn(8)  # warm-up
+        if args.fast:
+            runs["ours fast"] = lambda n=N: generate(ours, prompts, max_new_tokens=n, fast=True).tokens
+        for k, fn in runs.items():
+            t = seconds(lambda: fn(8))  # warm-up (for the fast side: torch.compile, once per process)
+            if k == "ours fast" and B == batches[0]:
+                print(f"first fast call (compiles the decode step, dynamic shapes): {t:.1f} s")
         best = {k: float("inf") for k in runs}
         for _ in range(args.repeats):  # alternate, so that load from other processes hits all alike
             for k, fn in runs.items():
@@ -154,7 +161,8 @@ def main():
             first = min((next(t for t in range(N) if x[t] != y[t])
                          for x, y in zip(outs["transformers"], outs[k]) if x != y), default=None)
             eq = f"{equal}/{B}" + ("" if first is None else f" (diff @{first})")
-            print(f"{B:>5} {tps['transformers']:>12.1f} {tps[k]:>8.1f} {tps[k] / tps['transformers']:>5.2f}x {eq:>13} "
+            side = "f" if k == "ours fast" else " "
+            print(f"{B:>5}{side}{tps['transformers']:>12.1f} {tps[k]:>8.1f} {tps[k] / tps['transformers']:>5.2f}x {eq:>13} "
                   f"{tps[k] / mem_limit:>6.0%} of {mem_limit:>6.0f}   "
                   f"{tps[k] / compute_limit:>6.0%} of {compute_limit:>6.0f}")
     print(f"load average at the end {os.getloadavg()[0]:.1f} (2 cores: above ~0.5, other processes were running)")
