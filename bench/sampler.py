@@ -108,11 +108,12 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--no-onednn", action="store_true", help="our plain path (nn.Linear), as used on GPU")
-    ap.add_argument("--fast", action="store_true", help="also generate(fast=True) (rows marked 'f'): the compiled "
-                    "static-shape decode step; its tokens may differ from the default's by rounding")
+    ap.add_argument("--fast", action="store_true", help="also generate(fast=True) (rows marked 'f'): the "
+                    "torch.compile'd decode step (sampler.COMPILE); its tokens may differ from the default's by rounding")
     args = ap.parse_args()
     if args.no_onednn:
         sampler.USE_ONEDNN = False
+    sampler.COMPILE = sampler.COMPILE or args.fast  # the fast side is the compiled step (opt-in elsewhere)
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)

@@ -28,14 +28,15 @@ the same call gives the same output. The stream is consumed per step for the who
 depend on the whole call (which rows it shares a batch with, and when they stop).
 
 Speed: decoding runs the model's own forward; on CPU its linear layers compute through oneDNN with weights
-prepacked for the batch while generate runs (fast_linears). fast=True runs each step (forward and sampling) as one
-torch.compile'd graph instead (decode_step, compiled once per process). bench/sampler.py compares with transformers.
+prepacked for the batch while generate runs (fast_linears). With MINIRLVR_COMPILE_DECODE=1, fast=True runs each step
+(forward and sampling) as one torch.compile'd graph instead (decode_step, compiled once per process). bench/sampler.py compares with transformers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -222,7 +223,10 @@ def decode_step(model: Transformer, cache: KVCache, tok: Tensor, pos: Tensor, te
     return sample(model.lm_head(hidden[:, -1]), temperature, top_k, top_p, generator, fast, u)
 
 
-COMPILE = hasattr(torch, "compile")  # the fast path compiles decode_step, once per process (and model shape)
+# Off unless MINIRLVR_COMPILE_DECODE=1. Compiling costs 16 s (warm inductor cache) to 2 min (cold) per process on
+# 2 CPU cores and buys 1.1-1.8x per decode step (bench/sampler.py --fast), so a MiniWorld evaluation or a GRPO run
+# of this project's length ends later with it than without; long runs and batch-1 chat gain.
+COMPILE = os.environ.get("MINIRLVR_COMPILE_DECODE", "") not in ("", "0")
 _compiled = functools.cache(lambda: torch.compile(decode_step, dynamic=True))
 
 

@@ -3,7 +3,8 @@ compiled by torch.compile with dynamic shapes. Against the default path: the sam
 rounding, the same sampled tokens given the same random draws (compiled and eager draw the same stream), stop
 tokens, token limits and dropped rows, groups, and a clean fallback when compiling fails.
 
-The eager tests run with sampler.COMPILE off (cheap); the compiled ones compile a few graphs (tens of seconds each
+Compiling is opt-in (MINIRLVR_COMPILE_DECODE=1 sets sampler.COMPILE). The eager tests run with sampler.COMPILE off
+(cheap); the compiled ones turn it on and compile a few graphs (tens of seconds each
 on a loaded 2-core machine, once per process and model shape)."""
 
 import os
@@ -29,6 +30,11 @@ def one_thread():
 @pytest.fixture
 def eager(monkeypatch):
     monkeypatch.setattr(sampler, "COMPILE", False)
+
+
+@pytest.fixture
+def compiled(monkeypatch):
+    monkeypatch.setattr(sampler, "COMPILE", True)
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
@@ -107,7 +113,7 @@ def test_a_failing_compile_falls_back_to_eager(model, monkeypatch):
 
 # ----------------------------------------------------------------------------------------- compiled
 
-def test_compiled_greedy_equals_default_on_miniworld_and_a_gqa_model(miniworld):
+def test_compiled_greedy_equals_default_on_miniworld_and_a_gqa_model(miniworld, compiled):
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(1, miniworld.config.vocab_size, (n,), generator=g).tolist() for n in (7, 1, 20, 12)]
     same_greedy(miniworld, prompts, 24)
@@ -115,7 +121,7 @@ def test_compiled_greedy_equals_default_on_miniworld_and_a_gqa_model(miniworld):
     same_greedy(tiny("llama", num_key_value_heads=2), ragged_prompts(5, (4, 9, 1)), 10)
 
 
-def test_compiled_samples_equal_eager_draws_on_miniworld(miniworld, monkeypatch):
+def test_compiled_samples_equal_eager_draws_on_miniworld(miniworld, compiled, monkeypatch):
     """The compiled step and the eager one take the same uniform numbers: the same tokens, log-probs up to rounding,
     with stop tokens ending rows (and rows dropped) along the way."""
     g = torch.Generator().manual_seed(1)
@@ -133,7 +139,7 @@ def test_compiled_samples_equal_eager_draws_on_miniworld(miniworld, monkeypatch)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_compiled_greedy_on_cuda(miniworld):
+def test_compiled_greedy_on_cuda(miniworld, compiled):
     m = Transformer.from_pretrained(MINIWORLD, device="cuda").eval()
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(1, m.config.vocab_size, (n,), generator=g).tolist() for n in (7, 1, 20)]
