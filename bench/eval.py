@@ -8,8 +8,8 @@ Each side runs `eval.py run --model assets/miniworld3-base --world runs/world3 -
 load on a shared machine hits both alike. Each phase gets wall seconds and CPU seconds (this process and its
 reaped children: the sandboxes; a pool of sandboxes is closed after each run_codes so that its CPU counts), through timers wrapped around the functions evaluate() calls: generate,
 prompt ids (tokenisation), decode, math verify, code sandbox (run_codes), safety judge, write rows.
---code-only times just the code scoring: every code row of a finished eval file (--rows) scored by run_codes,
-and checks both sides give the same verdicts.
+--code-only times just the code scoring: every code row of a finished eval file (--rows) scored by run_codes
+(or, with --one-at-a-time N, its first N as GRPO's rewards score them), and checks both sides give the same verdicts.
 """
 
 import argparse
@@ -52,10 +52,14 @@ def child(args):
         rows = [json.loads(l) for l in open(args.rows)]
         rows = [r for r in rows if r["kind"] == "code"]
         w1, c1 = time.perf_counter(), cpu()
-        results = cv.run_codes([(r["response"], r["gold"]) for r in rows])
+        if args.one_at_a_time:      # as GRPO scores code rewards: rewards.score_all, one run_code per response
+            from minirlvr.rewards import score_all
+            rows = rows[:args.one_at_a_time]
+            verdicts = [x.task for x in score_all([{"tests": r["gold"]} for r in rows], [r["response"] for r in rows])]
+        else:
+            verdicts = [[x.passed, x.total, x.status] for x in cv.run_codes([(r["response"], r["gold"]) for r in rows])]
         getattr(cv, "close_pool", lambda: None)()
         times["code sandbox"] = [time.perf_counter() - w1, cpu() - c1]
-        verdicts = [[x.passed, x.total, x.status] for x in results]
     else:
         import minirlvr.evaluate as ev
         import minirlvr.judge as jd
@@ -98,6 +102,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--code-only", action="store_true", help="only score the code rows of --rows")
     ap.add_argument("--rows", help="an eval.py run file (for --code-only)")
+    ap.add_argument("--one-at-a-time", type=int, default=0, metavar="N", help="with --code-only: score the first N "
+                    "code rows as GRPO does (rewards.score_all: run_code per response, 8 threads)")
     ap.add_argument("--side", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.side:
@@ -112,7 +118,8 @@ def main():
         f"eval.py run math_test+code_test x {args.samples} samples, limit {args.limit or 'none'}, fast {args.fast}"
     print(f"{what}; {args.rounds} rounds per side, alternating; load average {os.getloadavg()[0]:.1f}", flush=True)
     flags = ["--model", args.model, "--world", args.world, "--samples", str(args.samples), "--limit", str(args.limit)]
-    flags += (["--fast"] if args.fast else []) + (["--code-only", "--rows", os.path.abspath(args.rows)] if args.code_only else [])
+    flags += (["--fast"] if args.fast else []) + (["--code-only", "--rows", os.path.abspath(args.rows),
+                                                   "--one-at-a-time", str(args.one_at_a_time)] if args.code_only else [])
     for r in range(args.rounds):
         for name, code in sides.items():
             env = {**os.environ, "PYTHONPATH": code}

@@ -1,7 +1,7 @@
 """Code checked by running hidden tests: the caller's side of the sandbox (sandbox.py, which runs the programs).
 
     run_code(code, tests, timeout=5.0) -> CodeResult(passed, total, pass_rate, status, detail)
-    run_codes([(code, tests), ...]) -> [CodeResult, ...]      # many programs, fewer sandbox launches
+    run_codes([(code, tests), ...]) -> [CodeResult, ...]      # many programs, side by side
 
 Code is run in the sandbox of `sandbox.py` (a separate, jailed process; see its
 docstring for the layers of containment). `run_code` statuses:
@@ -137,21 +137,7 @@ def _run_pooled(prog: dict) -> CodeResult:
         _give(sandbox)
         if out or overran or sandbox.served == 1:
             break        # else a reused sandbox was dead before it took the program: retry once in a new one
-    return _parse(out, err, prog, overran)
-
-
-def _parse(out: bytes, err: bytes, prog: dict, overran: bool) -> CodeResult:
-    records, done = [], False
-    for line in out.decode("utf-8", "replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue                                 # a broken line never crashes the caller
-        if isinstance(record, dict) and record.get("done"):
-            done = True
-        elif isinstance(record, dict):
-            records.append(record)
-    return _summarise(records, err, prog["tests"], overran, done)
+    return _summarise(out, err, prog["tests"], overran)
 
 
 def sandbox_features() -> set[str]:
@@ -159,13 +145,9 @@ def sandbox_features() -> set[str]:
 
     Full set (as root on Linux >= 5.12): ipcns mountns netns pidns readonly_fs uid.
     """
-    sandbox = _take(fresh=True)
-    try:
-        out, err, _ = sandbox.run({"code": "", "tests": ["pass"], "timeout": 5.0})
-    finally:
-        sandbox.close()
-    for line in out.decode("utf-8", "replace").splitlines():
-        record = json.loads(line)
+    out, err, _ = (sandbox := _take(fresh=True)).run({"code": "", "tests": ["pass"], "timeout": 5.0})
+    sandbox.close()
+    for record in map(json.loads, out.decode("utf-8", "replace").splitlines()):
         if record.get("done"):
             return set(record["features"])
     raise RuntimeError(f"sandbox did not start: {err.decode('utf-8', 'replace')[-500:]}")
@@ -208,8 +190,7 @@ class _Sandbox:
                 except BrokenPipeError:
                     send = b""
             for fd in readable:
-                chunk = os.read(fd, 1 << 16)
-                bufs[fd] += chunk
+                bufs[fd] += (chunk := os.read(fd, 1 << 16))
                 if not chunk and fd == self.proc.stdout.fileno():   # the sandbox exited early
                     self.close()
                     return bytes(out), bytes(err + self.proc.stderr.read()), False
@@ -222,13 +203,8 @@ class _Sandbox:
         self.proc.stdin.close()                      # an idle supervisor exits at end of input
         try:
             self.proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            pass
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        except subprocess.TimeoutExpired:            # (an unreaped leader keeps its group alive for killpg)
+            os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         for f in (self.proc.stdout, self.proc.stderr):
             os.set_blocking(f.fileno(), True)        # what is left, now that no writer lives
@@ -246,8 +222,7 @@ def _take(fresh: bool) -> _Sandbox:
             _pool.update(key=(os.getpid(), _SANDBOX), spawner=ThreadPoolExecutor(1, "minirlvr-sandbox"))
         if _pool["idle"] and not fresh:
             return _pool["idle"].pop()
-        spawner = _pool["spawner"]
-    return _Sandbox(spawner)
+        return _Sandbox(_pool["spawner"])
 
 
 def _give(sandbox: _Sandbox) -> None:
@@ -266,22 +241,26 @@ def close_pool() -> None:
             sandbox.close(wait=1.0)
 
 
-def _summarise(records: list[dict], err: bytes, tests: list[str], overran: bool, done: bool) -> CodeResult:
-    """Turn one program's JSON records from the sandbox into a CodeResult."""
-    outcomes, problem = {}, ""
-    for record in records:
+def _summarise(out: bytes, err: bytes, tests: list[str], overran: bool) -> CodeResult:
+    """Turn one program's JSON lines from the sandbox (its stdout) into a CodeResult."""
+    outcomes, problem, done = {}, "", False
+    for line in out.decode("utf-8", "replace").splitlines():
         try:
+            record = json.loads(line)
+            if record.get("done"):
+                done = True
+                continue
             i, outcome, message, output = (record[k] for k in ("test", "outcome", "message", "output"))
             if not (isinstance(i, int) and 0 <= i < len(tests)) or outcome not in _SEVERITY + ["pass"]:
                 raise ValueError(str(record)[:200])
         except (ValueError, KeyError, TypeError, AttributeError):
-            continue                                 # a broken record never crashes the caller
+            continue                                 # a broken line or record never crashes the caller
         outcomes[i] = outcome
         if outcome != "pass" and not problem:
             problem = f"test {i} ({tests[i][:200]!r}): {outcome}: {message}"
             if output:
                 problem += f"\n--- output ---\n{output}"
-    done = done or len(outcomes) == len(tests)     # a program of a batch is done once all its tests are in
+    done = done or len(outcomes) == len(tests)
     # Tests without a record did not finish: the run overran or the sandbox broke.
     for i in range(len(tests)):
         outcomes.setdefault(i, "timeout" if overran else "sandbox_error")

@@ -1,6 +1,7 @@
-"""The jail that runs model-written code. Started by `code_verifier.run_code` as
+"""The jail that runs model-written code. Started (and kept, in a pool) by `code_verifier.run_code` as
 
-    python -I -S minirlvr/sandbox.py      (programs as JSON on stdin, one JSON line per test on stdout)
+    python -I -S minirlvr/sandbox.py      (a request of programs per JSON line on stdin; per test a JSON line
+                                           on stdout, then a "done" line per request; ends at end of input)
 
 It imports only the standard library (and jail.py beside it: the namespaces and the
 sealed filesystem) and is never imported by the trainer: starting
