@@ -1,7 +1,7 @@
 """Code checked by running hidden tests: the caller's side of the sandbox (sandbox.py, which runs the programs).
 
     run_code(code, tests, timeout=5.0) -> CodeResult(passed, total, pass_rate, status, detail)
-    run_codes([(code, tests), ...]) -> [CodeResult, ...]      # many programs, fewer sandbox launches
+    run_codes([(code, tests), ...]) -> [CodeResult, ...]      # many programs, side by side
 
 Code is run in the sandbox of `sandbox.py` (a separate, jailed process; see its
 docstring for the layers of containment). `run_code` statuses:
@@ -20,15 +20,20 @@ sandbox_error > error > timeout > killed > fail. `pass_rate` is passed / total e
 """
 
 import ast
+import atexit
 import json
 import math
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,46 +112,32 @@ def run_code(code: str, tests: list[str] | str, timeout: float = 5.0) -> CodeRes
 
 def run_codes(jobs: list[tuple[str, list[str] | str]], timeout: float = 5.0, workers: int = 2,
               per_launch: int = 32) -> list[CodeResult]:
-    """run_code of each (code, tests) pair, in order, with the same results for a fraction of the CPU.
-
-    Starting a sandbox (an interpreter, namespaces, a sealed filesystem) costs ~80 ms of CPU, several times
-    what a MiniWorld program's tests cost; here up to `per_launch` programs share one launch, each still
-    getting its own deadline of `timeout` seconds and a fresh worker per test, and `workers` launches run
-    side by side (threads waiting on their sandbox processes).
-    """
+    """run_code of each (code, tests) pair, in order, with the same results; `workers` programs run side by
+    side, each in a pooled sandbox (_Sandbox). per_launch is kept for callers; a sandbox now serves any number."""
     if not (isinstance(timeout, (int, float)) and 0 < timeout < math.inf):
         raise ValueError(f"run_code: timeout must be a positive number of seconds, got {timeout!r}")
     for code, _ in jobs:
         if not isinstance(code, str):
             raise TypeError(f"run_code: code must be str, got {type(code).__name__}")
     progs = [{"code": extract_code(code), "tests": parse_tests(tests), "timeout": timeout} for code, tests in jobs]
-    chunks = [progs[i:i + per_launch] for i in range(0, len(progs), per_launch)]
-    if workers <= 1 or len(chunks) == 1:
-        return [r for chunk in chunks for r in _run_launch(chunk)]
-    from concurrent.futures import ThreadPoolExecutor
+    if workers <= 1 or len(progs) == 1:
+        return [_run_pooled(p) for p in progs]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return [r for rs in pool.map(_run_launch, chunks) for r in rs]
+        return list(pool.map(_run_pooled, progs))
 
 
-def _run_launch(progs: list[dict]) -> list[CodeResult]:
-    """One sandbox launch over `progs`; a launch that cannot start is a sandbox_error for each."""
-    try:
-        out, err, overran = _launch(progs)
-    except (OSError, subprocess.SubprocessError) as e:
-        return [CodeResult(0, len(p["tests"]), 0.0, "sandbox_error", f"could not run the sandbox: {e}"[:DETAIL_CAP])
-                for p in progs]
-    records, done = [], False
-    for line in out.decode("utf-8", "replace").splitlines():
+def _run_pooled(prog: dict) -> CodeResult:
+    """One program in an idle sandbox of the pool (a new one if none is idle), which goes back if it lives."""
+    for fresh in (False, True):
         try:
-            record = json.loads(line)
-        except ValueError:
-            continue                                 # a broken line never crashes the caller
-        if isinstance(record, dict) and record.get("done"):
-            done = True
-        elif isinstance(record, dict):
-            records.append(record)
-    return [_summarise([r for r in records if r.get("job", 0) == j], err, p["tests"], overran, done)
-            for j, p in enumerate(progs)]
+            sandbox = _take(fresh)
+            out, err, overran = sandbox.run(prog)
+        except (OSError, subprocess.SubprocessError) as e:
+            return CodeResult(0, len(prog["tests"]), 0.0, "sandbox_error", f"could not run the sandbox: {e}"[:DETAIL_CAP])
+        _give(sandbox)
+        if out or overran or sandbox.served == 1:
+            break        # else a reused sandbox was dead before it took the program: retry once in a new one
+    return _summarise(out, err, prog["tests"], overran)
 
 
 def sandbox_features() -> set[str]:
@@ -154,55 +145,122 @@ def sandbox_features() -> set[str]:
 
     Full set (as root on Linux >= 5.12): ipcns mountns netns pidns readonly_fs uid.
     """
-    out, err, _ = _launch([{"code": "", "tests": ["pass"], "timeout": 5.0}])
-    for line in out.decode("utf-8", "replace").splitlines():
-        record = json.loads(line)
+    out, err, _ = (sandbox := _take(fresh=True)).run({"code": "", "tests": ["pass"], "timeout": 5.0})
+    sandbox.close()
+    for record in map(json.loads, out.decode("utf-8", "replace").splitlines()):
         if record.get("done"):
             return set(record["features"])
     raise RuntimeError(f"sandbox did not start: {err.decode('utf-8', 'replace')[-500:]}")
 
 
-def _launch(progs: list[dict]) -> tuple[bytes, bytes, bool]:
-    """Run the sandbox program on a batch of programs; returns (stdout, stderr, overran)."""
-    timeout = sum(p["timeout"] for p in progs)
-    workdir = tempfile.mkdtemp(prefix="minirlvr-sandbox-")
-    try:
-        job = {"jobs": progs, "workdir": workdir, "caller_pid": os.getpid()}
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", str(_SANDBOX)], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=workdir,
+class _Sandbox:
+    """A sandbox process that serves programs one at a time (a JSON line in; its records and a "done" line out):
+    its start-up (~80 ms of CPU: an interpreter, namespaces, a sealed filesystem) is paid once, not per program.
+    Each program still runs as in a launch of its own (fresh workers, its own deadline, an emptied workdir);
+    one that outlives its deadline (+ _GRACE) or breaks the sandbox takes only this sandbox down with it."""
+
+    def __init__(self, spawner: ThreadPoolExecutor):
+        self.workdir, self.served = tempfile.mkdtemp(prefix="minirlvr-sandbox-"), 0
+        # Started from one long-lived thread: the launcher dies with the *thread* that started it
+        # (PR_SET_PDEATHSIG), and the threads that score rewards come and go.
+        self.proc = spawner.submit(
+            subprocess.Popen, [sys.executable, "-I", "-S", str(_SANDBOX)], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=self.workdir,
             env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"},   # nothing of ours leaks in
-            start_new_session=True)                               # own process group: one kill stops all
+            start_new_session=True).result()                      # own process group: one kill stops all
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            os.set_blocking(f.fileno(), False)
+
+    def run(self, prog: dict) -> tuple[bytes, bytes, bool]:
+        """(stdout, stderr, overran) of one program, as a launch of its own would give them."""
+        self.served += 1
+        job = {"jobs": [prog], "workdir": self.workdir, "caller_pid": os.getpid()}
+        send, out, err = (json.dumps(job) + "\n").encode(), bytearray(), bytearray()
+        bufs = {self.proc.stdout.fileno(): out, self.proc.stderr.fileno(): err}
+        deadline = time.monotonic() + prog["timeout"] + _GRACE
+        while not (out.endswith(b"\n") and out[out.rfind(b"\n", 0, -1) + 1:].startswith(b'{"done"')):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.close()                         # whole process group; then what it had written
+                return out + self.proc.stdout.read(), err + self.proc.stderr.read(), True
+            readable, writable, _ = select.select(list(bufs), [self.proc.stdin] if send else [], [], left)
+            if writable:
+                try:
+                    send = send[os.write(self.proc.stdin.fileno(), send):]
+                except BrokenPipeError:
+                    send = b""
+            for fd in readable:
+                bufs[fd] += (chunk := os.read(fd, 1 << 16))
+                if not chunk and fd == self.proc.stdout.fileno():   # the sandbox exited early
+                    self.close()
+                    return bytes(out), bytes(err + self.proc.stderr.read()), False
+                if not chunk:
+                    del bufs[fd]
+        return bytes(out), bytes(err), False
+
+    def close(self, wait: float = 0.0) -> None:
+        """Stop the sandbox: at once, or given `wait` seconds to finish by itself on end of input first."""
+        self.proc.stdin.close()                      # an idle supervisor exits at end of input
         try:
-            out, err = proc.communicate(json.dumps(job).encode(), timeout=timeout + _GRACE)
-            return out, err, False
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            out, err = proc.communicate(timeout=5.0)
-            return out, err, True
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+            self.proc.wait(wait)
+        except subprocess.TimeoutExpired:            # (an unreaped leader keeps its group alive for killpg)
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        for f in (self.proc.stdout, self.proc.stderr):
+            os.set_blocking(f.fileno(), True)        # what is left, now that no writer lives
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _summarise(records: list[dict], err: bytes, tests: list[str], overran: bool, done: bool) -> CodeResult:
-    """Turn one program's JSON records from the sandbox into a CodeResult."""
-    outcomes, problem = {}, ""
-    for record in records:
+_POOL_IDLE = 8                 # idle sandboxes kept (rewards score 8 responses at once by default)
+_pool, _pool_lock = {"key": None, "idle": [], "spawner": None}, threading.Lock()
+
+
+def _take(fresh: bool) -> _Sandbox:
+    with _pool_lock:
+        if _pool["key"] != (os.getpid(), _SANDBOX):   # a forked child, or a test swapped the program
+            close_pool()
+            _pool.update(key=(os.getpid(), _SANDBOX), spawner=ThreadPoolExecutor(1, "minirlvr-sandbox"))
+        if _pool["idle"] and not fresh:
+            return _pool["idle"].pop()
+        return _Sandbox(_pool["spawner"])
+
+
+def _give(sandbox: _Sandbox) -> None:
+    with _pool_lock:
+        if sandbox.proc.poll() is None and len(_pool["idle"]) < _POOL_IDLE and _pool["key"] == (os.getpid(), _SANDBOX):
+            return _pool["idle"].append(sandbox)
+    sandbox.close()
+
+
+@atexit.register
+def close_pool() -> None:
+    """Stop the idle sandboxes (at exit too), each reaped with its processes; the next run_code starts new ones."""
+    while _pool["idle"]:
+        sandbox = _pool["idle"].pop()
+        if _pool["key"] and _pool["key"][0] == os.getpid():
+            sandbox.close(wait=1.0)
+
+
+def _summarise(out: bytes, err: bytes, tests: list[str], overran: bool) -> CodeResult:
+    """Turn one program's JSON lines from the sandbox (its stdout) into a CodeResult."""
+    outcomes, problem, done = {}, "", False
+    for line in out.decode("utf-8", "replace").splitlines():
         try:
+            record = json.loads(line)
+            if record.get("done"):
+                done = True
+                continue
             i, outcome, message, output = (record[k] for k in ("test", "outcome", "message", "output"))
             if not (isinstance(i, int) and 0 <= i < len(tests)) or outcome not in _SEVERITY + ["pass"]:
                 raise ValueError(str(record)[:200])
         except (ValueError, KeyError, TypeError, AttributeError):
-            continue                                 # a broken record never crashes the caller
+            continue                                 # a broken line or record never crashes the caller
         outcomes[i] = outcome
         if outcome != "pass" and not problem:
             problem = f"test {i} ({tests[i][:200]!r}): {outcome}: {message}"
             if output:
                 problem += f"\n--- output ---\n{output}"
-    done = done or len(outcomes) == len(tests)     # a program of a batch is done once all its tests are in
+    done = done or len(outcomes) == len(tests)
     # Tests without a record did not finish: the run overran or the sandbox broke.
     for i in range(len(tests)):
         outcomes.setdefault(i, "timeout" if overran else "sandbox_error")

@@ -1,6 +1,7 @@
-"""The jail that runs model-written code. Started by `code_verifier.run_code` as
+"""The jail that runs model-written code. Started (and kept, in a pool) by `code_verifier.run_code` as
 
-    python -I -S minirlvr/sandbox.py      (programs as JSON on stdin, one JSON line per test on stdout)
+    python -I -S minirlvr/sandbox.py      (a request of programs per JSON line on stdin; per test a JSON line
+                                           on stdout, then a "done" line per request; ends at end of input)
 
 It imports only the standard library (and jail.py beside it: the namespaces and the
 sealed filesystem) and is never imported by the trainer: starting
@@ -75,7 +76,7 @@ del sys.path[0]                                                  # the code unde
 # ---------------------------------------------------------------- launcher
 
 def main() -> None:
-    job = json.loads(sys.stdin.buffer.read())
+    job = json.loads(sys.stdin.buffer.readline())   # later lines: more programs (the supervisor reads them)
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)     # never outlive the caller...
     if os.getppid() != job["caller_pid"]:        # ...even if it died before the line above
         sys.exit(1)
@@ -118,26 +119,31 @@ def _supervise(job: dict, uid, features: set) -> None:
         os.write(1, (json.dumps(record) + "\n").encode())
 
     # Programs run one after another, each as if launched alone: its own deadline, a fresh worker per
-    # test (everything in the namespace is killed after each), and the workdir emptied after it.
-    for j, prog in enumerate(job["jobs"]):
-        code, tests, deadline = _compile(prog["code"]), prog["tests"], time.monotonic() + prog["timeout"]
-        for i, test in enumerate(tests):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                outcome, message, output, loaded = "timeout", "no time left for this test", "", True
-            else:
-                outcome, message, output, loaded = _run_worker(
-                    code, compile(test, "test.py", "exec"), remaining / (len(tests) - i), uid, job["workdir"])
-            emit({"job": j, "test": i, "outcome": outcome, "message": message, "output": output})
-            if not loaded:
-                # The code itself failed to load (syntax error, top-level exception or hang):
-                # it would fail the same way for every test, so don't spend time repeating it.
-                for k in range(i + 1, len(tests)):
-                    emit({"job": j, "test": k, "outcome": outcome, "output": "",
-                          "message": "(same as test 0: code did not load)"})
-                break
-        _empty(job["workdir"])
-    emit({"done": True, "features": sorted(features)})
+    # test (everything in the namespace is killed after each), and the workdir emptied after it. Requests
+    # come one JSON line each (a pooled sandbox serves many) until the caller closes stdin.
+    workdir = job["workdir"]
+    while job:
+        for j, prog in enumerate(job["jobs"]):
+            code, tests, deadline = _compile(prog["code"]), prog["tests"], time.monotonic() + prog["timeout"]
+            for i, test in enumerate(tests):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    outcome, message, output, loaded = "timeout", "no time left for this test", "", True
+                else:
+                    outcome, message, output, loaded = _run_worker(
+                        code, compile(test, "test.py", "exec"), remaining / (len(tests) - i), uid, workdir)
+                emit({"job": j, "test": i, "outcome": outcome, "message": message, "output": output})
+                if not loaded:
+                    # The code itself failed to load (syntax error, top-level exception or hang):
+                    # it would fail the same way for every test, so don't spend time repeating it.
+                    for k in range(i + 1, len(tests)):
+                        emit({"job": j, "test": k, "outcome": outcome, "output": "",
+                              "message": "(same as test 0: code did not load)"})
+                    break
+            _empty(workdir)
+        emit({"done": True, "features": sorted(features)})
+        line = sys.stdin.buffer.readline()
+        job = line.strip() and json.loads(line)
 
 
 def _compile(code: str):

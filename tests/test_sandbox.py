@@ -104,6 +104,8 @@ def test_files_inside_workdir_work_and_workdir_is_removed():
     r = run_code("import os", ["assert False, os.getcwd()"])
     workdir = re.search(r"AssertionError: (\S+)", r.detail).group(1)
     assert Path(workdir).name.startswith("minirlvr-sandbox-")
+    assert not Path(workdir).exists() or os.listdir(workdir) == []   # a pooled sandbox's: emptied after each program
+    code_verifier.close_pool()
     assert not Path(workdir).exists()
 
 
