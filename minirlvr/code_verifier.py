@@ -179,9 +179,10 @@ class _Sandbox:
         deadline = time.monotonic() + prog["timeout"] + _GRACE
         while not (out.endswith(b"\n") and out[out.rfind(b"\n", 0, -1) + 1:].startswith(b'{"done"')):
             left = deadline - time.monotonic()
-            if left <= 0:
+            exited = self.proc.stdout.fileno() not in bufs   # the sandbox exited early
+            if exited or left <= 0:
                 self.close()                         # whole process group; then what it had written
-                return out + self.proc.stdout.read(), err + self.proc.stderr.read(), True
+                return bytes(out + self.proc.stdout.read()), bytes(err + self.proc.stderr.read()), not exited
             readable, writable, _ = select.select(list(bufs), [self.proc.stdin] if send else [], [], left)
             if writable:
                 try:
@@ -190,9 +191,6 @@ class _Sandbox:
                     send = b""
             for fd in readable:
                 bufs[fd] += (chunk := os.read(fd, 1 << 16))
-                if not chunk and fd == self.proc.stdout.fileno():   # the sandbox exited early
-                    self.close()
-                    return bytes(out), bytes(err + self.proc.stderr.read()), False
                 if not chunk:
                     del bufs[fd]
         return bytes(out), bytes(err), False

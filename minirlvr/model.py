@@ -90,10 +90,7 @@ class ModelConfig:
             raise CheckpointError(f"{source}: field 'mlp_bias' is true; MLP biases are not supported")
         if d.get("use_sliding_window", False):
             raise CheckpointError(f"{source}: field 'use_sliding_window' is true; sliding-window attention is not supported")
-        kw = {}
-        for f in fields(cls):
-            if f.name in d and d[f.name] is not None:
-                kw[f.name] = d[f.name]
+        kw = {f.name: d[f.name] for f in fields(cls) if d.get(f.name) is not None}
         if "rope_theta" in rope:
             kw["rope_theta"] = rope["rope_theta"]
         if model_type == "qwen2":

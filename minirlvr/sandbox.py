@@ -314,8 +314,7 @@ def _worker(code: tuple, test, uid, workdir: str, res_w: int, out_w: int, budget
         os.dup2(res_w, 3)
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
         os.closerange(4, 1 << 16)                # drops the channel to the caller, among others
-        cpu = int(budget) + 1
-        for res, limit in ((resource.RLIMIT_CPU, cpu), (resource.RLIMIT_AS, MEMORY_BYTES),
+        for res, limit in ((resource.RLIMIT_CPU, int(budget) + 1), (resource.RLIMIT_AS, MEMORY_BYTES),
                            (resource.RLIMIT_FSIZE, FILE_BYTES), (resource.RLIMIT_NPROC, MAX_PROCS),
                            (resource.RLIMIT_NOFILE, MAX_OPEN_FILES), (resource.RLIMIT_CORE, 0)):
             resource.setrlimit(res, (limit, limit))
