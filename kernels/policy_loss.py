@@ -214,8 +214,7 @@ def policy_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advanta
         stats = {"clip_frac_low": low, "clip_frac_high": high, "clip_frac": low + high,
                  "ratio_mean": tmean(terms.ratio), "pg_loss": pg_loss.detach()}
         if kl is not None:
-            stats["kl_mean"] = tmean(kl)
-            stats["kl_loss"] = kl_loss.detach()
+            stats.update(kl_mean=tmean(kl), kl_loss=kl_loss.detach())
         if entropy is not None:
             stats["entropy_mean"] = tmean(entropy)
     return loss, stats

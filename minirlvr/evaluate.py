@@ -107,11 +107,10 @@ def judge_row(rec: dict, response: str, reasoning: bool, code_result=None) -> di
                    correct_flexible=verify_math(response, gold, "flexible") >= 1.0)
     elif kind == "code":
         from minirlvr.verifier import extract_code, run_code
-        row["gold"] = rec["tests"]
         code = extract_code(response)
         res = code_result if code_result is not None else run_code(code, rec["tests"]) if code else None
-        row["pass_rate"] = res.pass_rate if res else 0.0
-        row["correct"] = bool(res and res.passed == res.total)
+        row.update(gold=rec["tests"], pass_rate=res.pass_rate if res else 0.0,
+                   correct=bool(res and res.passed == res.total))
     else:
         from minirlvr.judge import judge_reasoning
         j = judge_reasoning(prompt_of(rec), response, rec.get("topic"))
@@ -231,11 +230,10 @@ def summarize(rows: list[dict], seed: int = 0) -> dict:
     for kind in ("math", "code"):
         rs = [r for r in rows if r["kind"] == kind]
         if rs:
-            greedy = [r["correct"] for r in rs if r["sample"] == 0]
-            out[f"{kind}_acc"] = bootstrap_ci(greedy, seed=seed)
+            greedy = [r for r in rs if r["sample"] == 0]
+            out[f"{kind}_acc"] = bootstrap_ci([r["correct"] for r in greedy], seed=seed)
             if "correct_flexible" in rs[0]:   # rows written before flexible scoring existed have none
-                out[f"{kind}_acc_flexible"] = bootstrap_ci([r["correct_flexible"] for r in rs if r["sample"] == 0],
-                                                           seed=seed)
+                out[f"{kind}_acc_flexible"] = bootstrap_ci([r["correct_flexible"] for r in greedy], seed=seed)
             per_id = by_key(rs, "id")
             if any(len(v) > 1 for v in per_id.values()):
                 out[f"{kind}_pass_at_k"] = bootstrap_ci([any(r["correct"] for r in v) for v in per_id.values()], seed=seed)

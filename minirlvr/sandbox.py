@@ -243,8 +243,7 @@ def _run_worker(code: tuple, test, budget: float, uid, workdir: str):
     if not loaded and os.WIFEXITED(status) and os.WEXITSTATUS(status) == SETUP_FAILED:
         return "sandbox_error", text[-MESSAGE_KEEP:], "", False
     if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        return "killed", f"killed by {signal.Signals(sig).name}", text, loaded
+        return "killed", f"killed by {signal.Signals(os.WTERMSIG(status)).name}", text, loaded
     return "fail", f"exited with code {os.waitstatus_to_exitcode(status)} without a result", text, loaded
 
 

@@ -74,8 +74,7 @@ class Tokenizer:
         # special_tokens_map.json is the legacy home of special tokens; tokenizer_config.json wins.
         special = _read_special_tokens(path / "special_tokens_map.json")
         special.update(_read_special_tokens(path / "tokenizer_config.json"))
-        chat_template = _read_chat_template(path)
-        return cls(backend, special, chat_template, source=str(path))
+        return cls(backend, special, _read_chat_template(path), source=str(path))
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write tokenizer.json, tokenizer_config.json and chat_template.jinja, loadable by transformers."""
