@@ -132,9 +132,8 @@ class _TokenLogprobs(torch.autograd.Function):
                 grad_w.to(weight.dtype) if need_w else None, None, None, None, None, None)
 
 
-def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                   temperature: float = 1.0, return_entropy: bool = False,
-                   chunk_size: int = 1024, ignore_index: int = -100,
+def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                   return_entropy: bool = False, chunk_size: int = 1024, ignore_index: int = -100,
                    compiled: bool | None = None):
     """Log-prob of each target token under softmax(hidden @ weight.T / temperature).
 
@@ -163,8 +162,7 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
     if targets.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"token_logprobs: targets must be integer, got {targets.dtype}")
     if temperature <= 0 or chunk_size < 1:
-        raise ValueError(f"token_logprobs: need temperature > 0 and chunk_size >= 1, "
-                         f"got {temperature}, {chunk_size}")
+        raise ValueError(f"token_logprobs: need temperature > 0 and chunk_size >= 1, got {temperature}, {chunk_size}")
 
     targets = targets.long()
     valid = targets != ignore_index

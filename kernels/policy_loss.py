@@ -183,8 +183,7 @@ def policy_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advanta
         raise ValueError(f"policy_loss: logp must be [B,T], got {tuple(logp.shape)}")
     for name, t in [("old_logp", old_logp), ("ref_logp", ref_logp), ("mask", mask), ("entropy", entropy)]:
         if t is not None and t.shape != logp.shape:
-            raise ValueError(f"policy_loss: {name} must have logp's shape {tuple(logp.shape)}, "
-                             f"got {tuple(t.shape)}")
+            raise ValueError(f"policy_loss: {name} must have logp's shape {tuple(logp.shape)}, got {tuple(t.shape)}")
     if advantages.shape not in (logp.shape[:1], logp.shape):
         raise ValueError(f"policy_loss: advantages must be [B] or [B,T] for logp {tuple(logp.shape)}, "
                          f"got {tuple(advantages.shape)}")
@@ -214,8 +213,7 @@ def policy_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advanta
         stats = {"clip_frac_low": low, "clip_frac_high": high, "clip_frac": low + high,
                  "ratio_mean": tmean(terms.ratio), "pg_loss": pg_loss.detach()}
         if kl is not None:
-            stats["kl_mean"] = tmean(kl)
-            stats["kl_loss"] = kl_loss.detach()
+            stats.update(kl_mean=tmean(kl), kl_loss=kl_loss.detach())
         if entropy is not None:
             stats["entropy_mean"] = tmean(entropy)
     return loss, stats

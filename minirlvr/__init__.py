@@ -7,13 +7,8 @@ Public API (names are stable):
 Imports are lazy so that `import minirlvr.verifier` (say, in a sandbox helper) does not pull in torch.
 """
 
-_EXPORTS = {
-    "Transformer": "minirlvr.model",
-    "ModelConfig": "minirlvr.model",
-    "KVCache": "minirlvr.model",
-    "Tokenizer": "minirlvr.tokenizer",
-    "generate": "minirlvr.sampler",
-}
+_EXPORTS = {"Transformer": "minirlvr.model", "ModelConfig": "minirlvr.model", "KVCache": "minirlvr.model",
+            "Tokenizer": "minirlvr.tokenizer", "generate": "minirlvr.sampler"}
 
 __all__ = list(_EXPORTS)
 

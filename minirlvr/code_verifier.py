@@ -110,10 +110,9 @@ def run_code(code: str, tests: list[str] | str, timeout: float = 5.0) -> CodeRes
     return run_codes([(code, tests)], timeout)[0]
 
 
-def run_codes(jobs: list[tuple[str, list[str] | str]], timeout: float = 5.0, workers: int = 2,
-              per_launch: int = 32) -> list[CodeResult]:
+def run_codes(jobs: list[tuple[str, list[str] | str]], timeout: float = 5.0, workers: int = 2) -> list[CodeResult]:
     """run_code of each (code, tests) pair, in order, with the same results; `workers` programs run side by
-    side, each in a pooled sandbox (_Sandbox). per_launch is kept for callers; a sandbox now serves any number."""
+    side, each in a pooled sandbox (_Sandbox)."""
     if not (isinstance(timeout, (int, float)) and 0 < timeout < math.inf):
         raise ValueError(f"run_code: timeout must be a positive number of seconds, got {timeout!r}")
     for code, _ in jobs:
@@ -174,15 +173,16 @@ class _Sandbox:
     def run(self, prog: dict) -> tuple[bytes, bytes, bool]:
         """(stdout, stderr, overran) of one program, as a launch of its own would give them."""
         self.served += 1
-        job = {"jobs": [prog], "workdir": self.workdir, "caller_pid": os.getpid()}
+        job = {**prog, "workdir": self.workdir, "caller_pid": os.getpid()}
         send, out, err = (json.dumps(job) + "\n").encode(), bytearray(), bytearray()
         bufs = {self.proc.stdout.fileno(): out, self.proc.stderr.fileno(): err}
         deadline = time.monotonic() + prog["timeout"] + _GRACE
         while not (out.endswith(b"\n") and out[out.rfind(b"\n", 0, -1) + 1:].startswith(b'{"done"')):
             left = deadline - time.monotonic()
-            if left <= 0:
+            exited = self.proc.stdout.fileno() not in bufs   # the sandbox exited early
+            if exited or left <= 0:
                 self.close()                         # whole process group; then what it had written
-                return out + self.proc.stdout.read(), err + self.proc.stderr.read(), True
+                return bytes(out + self.proc.stdout.read()), bytes(err + self.proc.stderr.read()), not exited
             readable, writable, _ = select.select(list(bufs), [self.proc.stdin] if send else [], [], left)
             if writable:
                 try:
@@ -191,9 +191,6 @@ class _Sandbox:
                     send = b""
             for fd in readable:
                 bufs[fd] += (chunk := os.read(fd, 1 << 16))
-                if not chunk and fd == self.proc.stdout.fileno():   # the sandbox exited early
-                    self.close()
-                    return bytes(out), bytes(err + self.proc.stderr.read()), False
                 if not chunk:
                     del bufs[fd]
         return bytes(out), bytes(err), False
@@ -264,12 +261,9 @@ def _summarise(out: bytes, err: bytes, tests: list[str], overran: bool) -> CodeR
     # Tests without a record did not finish: the run overran or the sandbox broke.
     for i in range(len(tests)):
         outcomes.setdefault(i, "timeout" if overran else "sandbox_error")
-    if not done:
-        if not problem or not overran:
-            why = "the run overran its deadline" if overran else "the sandbox exited early"
-            problem = (f"{why}: {err.decode('utf-8', 'replace')[-500:]}\n" + problem).strip()
+    if not done and (not problem or not overran):
+        why = "the run overran its deadline" if overran else "the sandbox exited early"
+        problem = (f"{why}: {err.decode('utf-8', 'replace')[-500:]}\n" + problem).strip()
     passed = sum(outcome == "pass" for outcome in outcomes.values())
-    total = len(tests)
-    bad = [s for s in _SEVERITY if s in outcomes.values()]
-    status = bad[0] if bad else "ok"
-    return CodeResult(passed, total, passed / total, status, problem[:DETAIL_CAP])
+    status = next((s for s in _SEVERITY if s in outcomes.values()), "ok")
+    return CodeResult(passed, len(tests), passed / len(tests), status, problem[:DETAIL_CAP])

@@ -17,7 +17,6 @@ Loaders: MiniWorld sets (load_world_sets), GSM8K-format JSONL (load_math), AdvBe
 from __future__ import annotations
 
 import bisect
-import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,11 +30,7 @@ SUITES = ("direct", "prefix_injection", "refusal_suppression", "roleplay", "dist
 
 def load_world_sets(world: str | Path, names=WORLD_SETS, limit: int = 0) -> dict[str, list[dict]]:
     """Eval sets from a directory written by `python -m minirlvr.world build` (first `limit` of each if > 0)."""
-    out = {}
-    for n in names:
-        recs = read_jsonl(Path(world) / f"{n}.jsonl", need="eval")
-        out[n] = recs[:limit] if limit else recs
-    return out
+    return {n: read_jsonl(Path(world) / f"{n}.jsonl", need="eval")[:limit or None] for n in names}
 
 
 def load_math(path: str | Path, limit: int = 0) -> list[dict]:
@@ -112,11 +107,10 @@ def judge_row(rec: dict, response: str, reasoning: bool, code_result=None) -> di
                    correct_flexible=verify_math(response, gold, "flexible") >= 1.0)
     elif kind == "code":
         from minirlvr.verifier import extract_code, run_code
-        row["gold"] = rec["tests"]
         code = extract_code(response)
         res = code_result if code_result is not None else run_code(code, rec["tests"]) if code else None
-        row["pass_rate"] = res.pass_rate if res else 0.0
-        row["correct"] = bool(res and res.passed == res.total)
+        row.update(gold=rec["tests"], pass_rate=res.pass_rate if res else 0.0,
+                   correct=bool(res and res.passed == res.total))
     else:
         from minirlvr.judge import judge_reasoning
         j = judge_reasoning(prompt_of(rec), response, rec.get("topic"))
@@ -127,8 +121,8 @@ def judge_row(rec: dict, response: str, reasoning: bool, code_result=None) -> di
 
 
 def judge_rows(recs: list[dict], responses: list[str], reasoning: bool) -> list[dict]:
-    """judge_row of each (record, response); the code responses run in the sandbox together (run_codes: a
-    few launches side by side instead of one launch per response), with the same results."""
+    """judge_row of each (record, response); the code responses run in the sandbox together (run_codes: two
+    at a time, in pooled sandboxes), with the same results."""
     from minirlvr.verifier import extract_code, run_codes
     code = {i: extract_code(text) for i, (rec, text) in enumerate(zip(recs, responses)) if set_kind(rec) == "code"}
     code = {i: c for i, c in code.items() if c}  # as judge_row: no code, no run
@@ -194,8 +188,7 @@ def evaluate(model, tok, sets: dict[str, list[dict]], temperature: float = 0.0, 
         for i, (pi, toks, text) in enumerate(zip(out.prompt_index, out.tokens, texts)):
             rec = chunk[pi]
             row = {"set": name, "id": f"{name}/{b + pi}", "sample": i % samples, "temperature": temperature,
-                   "prompt": prompt_of(rec),
-                   "response": text, "n_tokens": len(toks), "topic": rec.get("topic"),
+                   "prompt": prompt_of(rec), "response": text, "n_tokens": len(toks), "topic": rec.get("topic"),
                    "suite": rec.get("suite"), "category": rec.get("category"),
                    # the budget ran out before a stop token: the answer may be missing, not wrong
                    "truncated": len(toks) >= max_new_tokens and not (toks and toks[-1] in stops)}
@@ -237,11 +230,10 @@ def summarize(rows: list[dict], seed: int = 0) -> dict:
     for kind in ("math", "code"):
         rs = [r for r in rows if r["kind"] == kind]
         if rs:
-            greedy = [r["correct"] for r in rs if r["sample"] == 0]
-            out[f"{kind}_acc"] = bootstrap_ci(greedy, seed=seed)
+            greedy = [r for r in rs if r["sample"] == 0]
+            out[f"{kind}_acc"] = bootstrap_ci([r["correct"] for r in greedy], seed=seed)
             if "correct_flexible" in rs[0]:   # rows written before flexible scoring existed have none
-                out[f"{kind}_acc_flexible"] = bootstrap_ci([r["correct_flexible"] for r in rs if r["sample"] == 0],
-                                                           seed=seed)
+                out[f"{kind}_acc_flexible"] = bootstrap_ci([r["correct_flexible"] for r in greedy], seed=seed)
             per_id = by_key(rs, "id")
             if any(len(v) > 1 for v in per_id.values()):
                 out[f"{kind}_pass_at_k"] = bootstrap_ci([any(r["correct"] for r in v) for v in per_id.values()], seed=seed)
@@ -257,11 +249,6 @@ def summarize(rows: list[dict], seed: int = 0) -> dict:
         out["truncated"] = {"count": sum(r["truncated"] for r in rows), "n": len(rows),
                             "per_set": {s: sum(r["truncated"] for r in rs) for s, rs in by_key(rows, "set").items()}}
     return out
-
-
-def write_rows(rows: list[dict], path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 ROW_FIELDS = ("set", "id", "sample", "kind")   # what every row of eval.py run has, old files included

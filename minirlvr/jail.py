@@ -48,7 +48,6 @@ def prctl(option: int, value: int) -> None:
     _check(_libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0), f"prctl {option}")
 
 
-
 def unshare_namespaces(root: bool) -> set:
     """Enter new net/mount/pid/ipc namespaces; returns the names that worked."""
     flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC
@@ -66,7 +65,6 @@ def unshare_namespaces(root: bool) -> set:
     except OSError:
         return set()
     return {"netns", "mountns", "pidns", "ipcns"}
-
 
 
 def _expose_stdlib() -> None:
@@ -101,4 +99,3 @@ def seal_filesystem(workdir: str, own_proc: bool) -> None:
         _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     _mount_setattr("/", AT_RECURSIVE, set_=MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID)
     _mount_setattr(workdir, 0, set_=MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, clear=MOUNT_ATTR_RDONLY)
-

@@ -90,10 +90,7 @@ class ModelConfig:
             raise CheckpointError(f"{source}: field 'mlp_bias' is true; MLP biases are not supported")
         if d.get("use_sliding_window", False):
             raise CheckpointError(f"{source}: field 'use_sliding_window' is true; sliding-window attention is not supported")
-        kw = {}
-        for f in fields(cls):
-            if f.name in d and d[f.name] is not None:
-                kw[f.name] = d[f.name]
+        kw = {f.name: d[f.name] for f in fields(cls) if d.get(f.name) is not None}
         if "rope_theta" in rope:
             kw["rope_theta"] = rope["rope_theta"]
         if model_type == "qwen2":
@@ -166,8 +163,7 @@ class KVCache:
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.key_mask = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
-        self.length = 0
-        self.max_len = max_len
+        self.length, self.max_len = 0, max_len
         self.padded = False  # does any filled slot hold padding? (known without a host sync per decoded token)
 
     @classmethod
@@ -207,11 +203,9 @@ class Attention(nn.Module):
             cache.k[layer][:, :, start:start + T] = k
             cache.v[layer][:, :, start:start + T] = v
             k, v = cache.k[layer][:, :, :start + T], cache.v[layer][:, :, :start + T]
-        gqa = self.n_kv != self.n_heads
-        if mask is None:  # no padding: causal, which a lone query after the cache's keys gets for free
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        # no mask (no padding): causal, which a lone query after the cache's keys gets for free
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+                                           enable_gqa=self.n_kv != self.n_heads)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
 
 

@@ -149,8 +149,7 @@ def sample(logits: Tensor, temperature: float, top_k: int, top_p: float,
             tokens = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)
             return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
         tokens = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
-    logprobs = logits.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)
-    return tokens, logprobs
+    return tokens, logits.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)
 
 
 # ----------------------------------------------------------------------------------- CPU fast path
@@ -335,9 +334,8 @@ def generate(model: Transformer, prompts: list[list[int]], max_new_tokens: int =
                                                 num_samples, fast)
     # Clone outside inference mode: inference tensors cannot take part in autograd (e.g. `loss * out.mask`).
     tokens, logprobs, mask = tokens.clone(), logprobs.clone(), mask.clone()
-    tok_rows, lp_rows = tokens.tolist(), logprobs.tolist()
     ends = lengths.tolist()
-    return Generation(tokens=[r[:n] for r, n in zip(tok_rows, ends)],
-                      logprobs=[r[:n] for r, n in zip(lp_rows, ends)],
+    return Generation(tokens=[r[:n] for r, n in zip(tokens.tolist(), ends)],
+                      logprobs=[r[:n] for r, n in zip(logprobs.tolist(), ends)],
                       tokens_tensor=tokens, logprobs_tensor=logprobs, mask=mask,
                       prompt_index=[i for i in range(len(prompts)) for _ in range(num_samples)])

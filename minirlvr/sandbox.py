@@ -1,7 +1,7 @@
 """The jail that runs model-written code. Started (and kept, in a pool) by `code_verifier.run_code` as
 
-    python -I -S minirlvr/sandbox.py      (a request of programs per JSON line on stdin; per test a JSON line
-                                           on stdout, then a "done" line per request; ends at end of input)
+    python -I -S minirlvr/sandbox.py      (a program per JSON line on stdin; per test a JSON line on
+                                           stdout, then a "done" line per program; ends at end of input)
 
 It imports only the standard library (and jail.py beside it: the namespaces and the
 sealed filesystem) and is never imported by the trainer: starting
@@ -123,24 +123,22 @@ def _supervise(job: dict, uid, features: set) -> None:
     # come one JSON line each (a pooled sandbox serves many) until the caller closes stdin.
     workdir = job["workdir"]
     while job:
-        for j, prog in enumerate(job["jobs"]):
-            code, tests, deadline = _compile(prog["code"]), prog["tests"], time.monotonic() + prog["timeout"]
-            for i, test in enumerate(tests):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    outcome, message, output, loaded = "timeout", "no time left for this test", "", True
-                else:
-                    outcome, message, output, loaded = _run_worker(
-                        code, compile(test, "test.py", "exec"), remaining / (len(tests) - i), uid, workdir)
-                emit({"job": j, "test": i, "outcome": outcome, "message": message, "output": output})
-                if not loaded:
-                    # The code itself failed to load (syntax error, top-level exception or hang):
-                    # it would fail the same way for every test, so don't spend time repeating it.
-                    for k in range(i + 1, len(tests)):
-                        emit({"job": j, "test": k, "outcome": outcome, "output": "",
-                              "message": "(same as test 0: code did not load)"})
-                    break
-            _empty(workdir)
+        code, tests, deadline = _compile(job["code"]), job["tests"], time.monotonic() + job["timeout"]
+        for i, test in enumerate(tests):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                outcome, message, output, loaded = "timeout", "no time left for this test", "", True
+            else:
+                outcome, message, output, loaded = _run_worker(
+                    code, compile(test, "test.py", "exec"), remaining / (len(tests) - i), uid, workdir)
+            emit({"test": i, "outcome": outcome, "message": message, "output": output})
+            if not loaded:
+                # The code itself failed to load (syntax error, top-level exception or hang):
+                # it would fail the same way for every test, so don't spend time repeating it.
+                for k in range(i + 1, len(tests)):
+                    emit({"test": k, "outcome": outcome, "output": "", "message": "(same as test 0: code did not load)"})
+                break
+        _empty(workdir)
         emit({"done": True, "features": sorted(features)})
         line = sys.stdin.buffer.readline()
         job = line.strip() and json.loads(line)
@@ -245,8 +243,7 @@ def _run_worker(code: tuple, test, budget: float, uid, workdir: str):
     if not loaded and os.WIFEXITED(status) and os.WEXITSTATUS(status) == SETUP_FAILED:
         return "sandbox_error", text[-MESSAGE_KEEP:], "", False
     if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        return "killed", f"killed by {signal.Signals(sig).name}", text, loaded
+        return "killed", f"killed by {signal.Signals(os.WTERMSIG(status)).name}", text, loaded
     return "fail", f"exited with code {os.waitstatus_to_exitcode(status)} without a result", text, loaded
 
 
@@ -316,8 +313,7 @@ def _worker(code: tuple, test, uid, workdir: str, res_w: int, out_w: int, budget
         os.dup2(res_w, 3)
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
         os.closerange(4, 1 << 16)                # drops the channel to the caller, among others
-        cpu = int(budget) + 1
-        for res, limit in ((resource.RLIMIT_CPU, cpu), (resource.RLIMIT_AS, MEMORY_BYTES),
+        for res, limit in ((resource.RLIMIT_CPU, int(budget) + 1), (resource.RLIMIT_AS, MEMORY_BYTES),
                            (resource.RLIMIT_FSIZE, FILE_BYTES), (resource.RLIMIT_NPROC, MAX_PROCS),
                            (resource.RLIMIT_NOFILE, MAX_OPEN_FILES), (resource.RLIMIT_CORE, 0)):
             resource.setrlimit(res, (limit, limit))

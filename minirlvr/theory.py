@@ -175,8 +175,7 @@ def gibbs_tilt(p_ref, g, beta) -> Tensor:
     argmax set of g (proportional to p_ref among tied maximisers, not uniform).
     """
     p_ref = _dist("p_ref", p_ref)
-    g = _values("g", g, p_ref)
-    b = _beta(beta, p_ref)
+    g, b = _values("g", g, p_ref), _beta(beta, p_ref)
     gap = g - _support_max(p_ref, g)  # <= 0 on the support
     # 0/0 at the maximisers when beta = 0: their exponent is 0 in the limit.
     z = torch.where(gap == 0, torch.zeros_like(gap), gap / b)
@@ -200,8 +199,7 @@ def k3_fixed_point(p_ref, g, beta, iters: int = 100) -> Tensor:
     of p_ref and we raise.
     """
     p_ref = _dist("p_ref", p_ref)
-    g = _values("g", g, p_ref)
-    b = _beta(beta, p_ref)
+    g, b = _values("g", g, p_ref), _beta(beta, p_ref)
     g_max = _support_max(p_ref, g)
     on_max = (g == g_max) & (p_ref > 0)
     log_b, log_pref = torch.log(b), torch.log(p_ref)

@@ -38,10 +38,8 @@ _STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|eom_id|>", "<|en
 
 # Pre-tokenizer split in the style of Qwen2/GPT-4: letters, single digits (arithmetic wants digits as
 # separate tokens), punctuation runs, newlines and spaces. Each piece is then byte-level encoded.
-_SPLIT_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+_SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
 class Tokenizer:
@@ -74,8 +72,7 @@ class Tokenizer:
         # special_tokens_map.json is the legacy home of special tokens; tokenizer_config.json wins.
         special = _read_special_tokens(path / "special_tokens_map.json")
         special.update(_read_special_tokens(path / "tokenizer_config.json"))
-        chat_template = _read_chat_template(path)
-        return cls(backend, special, chat_template, source=str(path))
+        return cls(backend, special, _read_chat_template(path), source=str(path))
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write tokenizer.json, tokenizer_config.json and chat_template.jinja, loadable by transformers."""

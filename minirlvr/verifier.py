@@ -3,7 +3,6 @@
     verify_math(response, answer, mode="strict") -> 1.0 | 0.0
     run_code(code, tests, timeout=5.0) -> CodeResult(passed, total, pass_rate, status, detail)
 
-
 Math answers are read in one of three modes (MATH_MODES):
 
     strict       the GSM8K convention: the final answer is the *last* `#### N` line or `\\boxed{N}`.
@@ -171,8 +170,7 @@ def verify_math(response: str, answer: str | int | float, mode: str = "strict") 
     if isinstance(answer, float):
         if not math.isfinite(answer):
             raise ValueError(f"verify_math: answer must be finite, got {answer}")
-        ok = pred_value is not None and math.isclose(float(pred_value), answer, rel_tol=1e-9, abs_tol=1e-12)
-        return float(ok)
+        return float(pred_value is not None and math.isclose(float(pred_value), answer, rel_tol=1e-9, abs_tol=1e-12))
     if isinstance(answer, int):
         return float(pred_value == answer)
     gold = extract_answer(answer) if (_HASHES.search(answer) or _BOXED.search(answer)) else None

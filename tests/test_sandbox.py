@@ -143,23 +143,24 @@ def test_concurrent_calls():
 
 
 def test_run_codes_gives_what_run_code_gives_one_by_one():
-    """A batch shares launches (per_launch=3: several programs per launch, two launches side by side), yet
+    """A batch runs two programs at a time, in pooled sandboxes that serve one program after another, yet
     each program gets the result it gets alone, in order, including one that loops until its deadline."""
     jobs = [(SUM_EVENS, ["assert sum_evens([2, 3]) == 2"]), (SUM_EVENS, ["assert sum_evens([2]) == 3"]),
             ("def f(:", ["assert f() == 1"]), ("while True:\n    pass", ["assert True"]),
             ("def f():\n    return 1", ["assert f() == 1", "assert f() == 2"]), (SUM_EVENS, "assert sum_evens([]) == 0")]
-    batch = code_verifier.run_codes(jobs, timeout=1.0, per_launch=3)
+    batch = code_verifier.run_codes(jobs, timeout=1.0)
     alone = [run_code(code, tests, timeout=1.0) for code, tests in jobs]
     assert [(r.passed, r.total, r.status) for r in batch] == [(r.passed, r.total, r.status) for r in alone]
     assert [r.status for r in batch] == ["ok", "fail", "error", "timeout", "fail", "ok"]
 
 
-def test_programs_of_one_launch_do_not_see_each_other():
-    """The workdir is emptied after each program, whatever it left there (files, a locked-down directory)."""
+def test_programs_of_one_sandbox_do_not_see_each_other():
+    """The workdir is emptied after each program, whatever it left there (files, a locked-down directory):
+    with workers=1 the second program runs in the pooled sandbox the first one used."""
     leave = ("import os\nos.makedirs('d/e')\nopen('d/e/note', 'w').write('x')\nopen('note', 'w').write('x')\n"
              "os.chmod('d', 0)\ndef f():\n    return 1")
     look = "import os\ndef seen():\n    return sorted(os.listdir('.'))"
-    rs = code_verifier.run_codes([(leave, ["assert f() == 1"]), (look, ["assert seen() == []"])], per_launch=2)
+    rs = code_verifier.run_codes([(leave, ["assert f() == 1"]), (look, ["assert seen() == []"])], workers=1)
     assert [r.status for r in rs] == ["ok", "ok"], rs[1].detail
 
 
