@@ -8,8 +8,8 @@ Each side runs `eval.py run --model assets/miniworld3-base --world runs/world3 -
 load on a shared machine hits both alike. Each phase gets wall seconds and CPU seconds (this process and its
 reaped children: the sandboxes; a pool of sandboxes is closed after each run_codes so that its CPU counts), through timers wrapped around the functions evaluate() calls: generate,
 prompt ids (tokenisation), decode, math verify, code sandbox (run_codes), safety judge, write rows.
-Judging runs in a thread beside the next batch's generation (evaluate), so on this side phases overlap: their
-times (CPU is the whole process's) can sum to more than the total.
+A revision that judged batches beside generation (in a thread) has overlapping phases: their times (CPU is the
+whole process's) can sum to more than the total.
 --code-only times just the code scoring: every code row of a finished eval file (--rows) scored by run_codes
 (or, with --one-at-a-time N, its first N as GRPO's rewards score them), and checks both sides give the same verdicts.
 """

@@ -17,7 +17,6 @@ Loaders: MiniWorld sets (load_world_sets), GSM8K-format JSONL (load_math), AdvBe
 from __future__ import annotations
 
 import bisect
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from minirlvr.analysis import bootstrap_ci, by_key, harm_metrics
@@ -181,46 +180,38 @@ def evaluate(model, tok, sets: dict[str, list[dict]], temperature: float = 0.0, 
     from minirlvr.sampler import generate
     stops = set(tok.stop_ids or ())
     bar = Progress(sum(len(r) for r in sets.values()), enabled=progress, every=1, unit="prompt")
-    rows = []
-
-    def finish(name, b, chunk, out, texts, ents, judged) -> None:
-        batch = []
-        for i, (pi, toks, text) in enumerate(zip(out.prompt_index, out.tokens, texts)):
-            rec = chunk[pi]
-            row = {"set": name, "id": f"{name}/{b + pi}", "sample": i % samples, "temperature": temperature,
-                   "prompt": prompt_of(rec), "response": text, "n_tokens": len(toks), "topic": rec.get("topic"),
-                   "suite": rec.get("suite"), "category": rec.get("category"),
-                   # the budget ran out before a stop token: the answer may be missing, not wrong
-                   "truncated": len(toks) >= max_new_tokens and not (toks and toks[-1] in stops)}
-            row.update(judged.result()[i])
+    # Batches are generated and judged in turn. Judging a batch in a thread while the next one generates was
+    # measured slower on 2 cores (bench/eval.py: 37.5 s against 33.1 s): the sandboxes take the cores torch uses.
+    rows, done = [], 0
+    for name, recs in sets.items():
+        for b in range(0, len(recs), batch_size):
+            chunk = recs[b:b + batch_size]
+            prompts = [chat_prompt_ids(tok, r, system or None) for r in chunk]
+            with torch.no_grad():
+                out = generate(model, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                               stop_ids=tok.stop_ids, seed=seed + b, num_samples=samples, fast=fast)
             if entropy:
-                row.update(entropy_fields(tok, toks, ents[i]))
-            batch.append(row)
-        rows.extend(batch)
-        if on_rows is not None:
-            on_rows(batch)
-        bar.update(len(rows) // samples - 1, set=name, truncated=sum(r["truncated"] for r in rows))
-
-    # A batch is judged (its programs run in sandboxes) in a thread while the next batch generates; rows still
-    # come out batch by batch in order, and each verdict is the program's own, so the rows are unchanged.
-    with ThreadPoolExecutor(1) as judging:
-        previous = None
-        for name, recs in sets.items():
-            for b in range(0, len(recs), batch_size):
-                chunk = recs[b:b + batch_size]
-                prompts = [chat_prompt_ids(tok, r, system or None) for r in chunk]
-                with torch.no_grad():
-                    out = generate(model, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                                   stop_ids=tok.stop_ids, seed=seed + b, num_samples=samples, fast=fast)
-                ents = response_entropy(model, [prompts[pi] for pi in out.prompt_index], out.tokens, fast) \
-                    if entropy else None
-                texts = [tok.decode(toks, skip_special_tokens=True) for toks in out.tokens]
-                judged = judging.submit(judge_rows, [chunk[pi] for pi in out.prompt_index], texts, reasoning)
-                if previous:
-                    finish(*previous)
-                previous = (name, b, chunk, out, texts, ents, judged)
-        if previous:
-            finish(*previous)
+                ents = response_entropy(model, [prompts[pi] for pi in out.prompt_index], out.tokens, fast)
+            texts = [tok.decode(toks, skip_special_tokens=True) for toks in out.tokens]
+            judged = judge_rows([chunk[pi] for pi in out.prompt_index], texts, reasoning)
+            batch = []
+            for i, (pi, toks, text) in enumerate(zip(out.prompt_index, out.tokens, texts)):
+                rec = chunk[pi]
+                row = {"set": name, "id": f"{name}/{b + pi}", "sample": i % samples, "temperature": temperature,
+                       "prompt": prompt_of(rec),
+                       "response": text, "n_tokens": len(toks), "topic": rec.get("topic"),
+                       "suite": rec.get("suite"), "category": rec.get("category"),
+                       # the budget ran out before a stop token: the answer may be missing, not wrong
+                       "truncated": len(toks) >= max_new_tokens and not (toks and toks[-1] in stops)}
+                row.update(judged[i])
+                if entropy:
+                    row.update(entropy_fields(tok, toks, ents[i]))
+                batch.append(row)
+            rows += batch
+            if on_rows is not None:
+                on_rows(batch)
+            done += len(chunk)
+            bar.update(done - 1, set=name, truncated=sum(r["truncated"] for r in rows))
     return rows
 
 
