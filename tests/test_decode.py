@@ -14,17 +14,10 @@ import torch
 
 from minirlvr import Transformer, generate
 from minirlvr import sampler
-from test_sampler import MODELS, V, Calls, cut, full_forward_logprobs, ragged_prompts, tiny
+# one_thread: test_sampler's autouse fixture, one torch thread for this module too
+from test_sampler import MODELS, V, Calls, cut, full_forward_logprobs, one_thread, ragged_prompts, tiny  # noqa: F401
 
 MINIWORLD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "assets", "miniworld3-base")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture

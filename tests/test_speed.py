@@ -11,15 +11,8 @@ import torch
 from minirlvr import generate
 from minirlvr.rollout import pack_units, packed_hidden, response_logprobs
 from minirlvr.sampler import build_batch, sample
-from test_sampler import V, full_forward_logprobs, ragged_prompts, tiny
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# one_thread: test_sampler's autouse fixture, one torch thread for this module too
+from test_sampler import V, full_forward_logprobs, one_thread, ragged_prompts, tiny  # noqa: F401
 
 
 def grouped_batch(seed: int = 0, G: int = 3):
