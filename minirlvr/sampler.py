@@ -28,8 +28,9 @@ the same call gives the same output. The stream is consumed per step for the who
 depend on the whole call (which rows it shares a batch with, and when they stop).
 
 Speed: decoding runs the model's own forward; on CPU its linear layers compute through oneDNN with weights
-prepacked for the batch while generate runs (fast_linears). With MINIRLVR_COMPILE_DECODE=1, fast=True runs each step
-(forward and sampling) as one torch.compile'd graph instead (decode_step, compiled once per process). bench/sampler.py compares with transformers.
+prepacked for the batch while generate runs (fast_linears). With MINIRLVR_COMPILE_DECODE=1, fast=True runs each
+step (forward and sampling) as one torch.compile'd graph instead (decode_step, compiled once per process).
+bench/sampler.py compares with transformers.
 """
 
 from __future__ import annotations
@@ -37,12 +38,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
+from kernels import MaybeCompiled, want_compile
 from minirlvr.model import KVCache, Transformer
 
 Tensor = torch.Tensor
@@ -215,8 +216,8 @@ def fast_linears(model: Transformer, batch: int):
 def decode_step(model: Transformer, cache: KVCache, tok: Tensor, pos: Tensor, temperature: float, top_k: int,
                 top_p: float, generator: torch.Generator | None, fast: bool, u: Tensor | None) -> tuple[Tensor, Tensor]:
     """One decode step, forward then sample: tok, pos [R] (the last token of each row and the position of the
-    next) -> (next token [R], its log-prob [R]). fast=True compiles it (_fast_step) with dynamic shapes:
-    cache.length is a symbolic int, so one graph serves every step, batch size and cache length. Attention
+    next) -> (next token [R], its log-prob [R]). With COMPILE, fast=True compiles it (_compiled_step) with dynamic
+    shapes: cache.length is a symbolic int, so one graph serves every step, batch size and cache length. Attention
     reads only the filled slots: on CPU, 15% faster at batch 128 than a static max_len cache under a mask."""
     hidden = model(tok[:, None], pos[:, None], cache=cache, return_hidden=True)
     return sample(model.lm_head(hidden[:, -1]), temperature, top_k, top_p, generator, fast, u)
@@ -226,20 +227,9 @@ def decode_step(model: Transformer, cache: KVCache, tok: Tensor, pos: Tensor, te
 # 2 CPU cores and buys 1.1-1.8x per decode step (bench/sampler.py --fast), so a MiniWorld evaluation or a GRPO run
 # of this project's length ends later with it than without; long runs and batch-1 chat gain.
 COMPILE = os.environ.get("MINIRLVR_COMPILE_DECODE", "") not in ("", "0")
-_compiled = functools.cache(lambda: torch.compile(decode_step, dynamic=True))
-
-
-def _fast_step(*args) -> tuple[Tensor, Tensor]:
-    """decode_step(*args), compiled while COMPILE. Only compile errors (no C++ compiler, an unsupported op) fall
-    back to eager, and they turn compiling off for the rest of the process."""
-    global COMPILE
-    if COMPILE:
-        try:
-            return _compiled()(*args)
-        except torch._dynamo.exc.BackendCompilerFailed as e:  # inductor's errors included
-            warnings.warn(f"generate(fast=True): torch.compile failed, decoding eagerly from now on: {e}")
-            COMPILE = False
-    return decode_step(*args)
+# kernels' switch decides as for every kernel: MINIRLVR_NO_COMPILE=1 forbids it, and the first compile error (not an
+# error of the computation) warns and turns compiling off for the rest of the process.
+_compiled_step = MaybeCompiled(decode_step, dynamic=True)
 
 
 CHECK_EVERY = {"cpu": 1}  # decode steps between looks at which rows stopped (a host sync); other devices: 16
@@ -281,7 +271,10 @@ def _generate(model: Transformer, prompts, max_new_tokens, temperature, top_k, t
     lengths = torch.full((R,), max_new_tokens, dtype=torch.long, device=device)
     live = torch.arange(R, device=device)  # original row of each cache row still being decoded
     done = torch.zeros(R, dtype=torch.bool, device=device)  # per cache row: has it emitted a stop token?
-    with contextlib.nullcontext() if fast and COMPILE else fast_linears(model, R):  # inductor packs its own
+    compiled = fast and COMPILE and want_compile(None)
+    step = functools.partial(_compiled_step, None) if compiled else decode_step
+    step_generator = None if fast else generator  # fast: the step takes u, drawn below (a compiled step can't draw)
+    with contextlib.nullcontext() if compiled else fast_linears(model, R):  # inductor packs its own
         # Prefill each distinct prompt once, then copy its cache to the G rows of its group.
         hidden = model(batch.ids, batch.positions, batch.key_mask, cache=cache, return_hidden=True)
         logits = model.lm_head(hidden[:, -1])  # [n, V]
@@ -309,8 +302,7 @@ def _generate(model: Transformer, prompts, max_new_tokens, temperature, top_k, t
                     live, done, tok, next_pos = live[keep], done[keep], tok[keep], next_pos[keep]
             # fast: the uniform numbers of sample(fast=True) are drawn here, as a compiled step takes no generator
             u = torch.rand(len(tok), 1, generator=generator, device=device) if fast and temperature else None
-            tok, lp = (_fast_step if fast else decode_step)(model, cache, tok, next_pos, temperature, top_k, top_p,
-                                                           None if fast else generator, fast, u)
+            tok, lp = step(model, cache, tok, next_pos, temperature, top_k, top_p, step_generator, fast, u)
             next_pos = next_pos + 1
 
     T = int(lengths.max()) if R else 0
