@@ -15,15 +15,14 @@ whole process's) can sum to more than the total.
 """
 
 import argparse
-import io
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tarfile
 import tempfile
 import time
+
+from sides import checkout, run_side  # bench/sides.py (bench/ is this script's folder)
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 PHASES = ("generate", "prompt ids", "decode", "math verify", "code sandbox", "safety judge", "write rows")
@@ -110,10 +109,7 @@ def main():
     args = ap.parse_args()
     if args.side:
         return child(args)
-    base = tempfile.mkdtemp(prefix="bench_baseline_")
-    archive = subprocess.run(["git", "-C", ROOT, "archive", args.baseline], check=True, capture_output=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as t:
-        t.extractall(base, filter="data")
+    base = checkout(ROOT, args.baseline)
     sides = {f"baseline ({args.baseline})": base, "this": ROOT}
     runs = {k: [] for k in sides}
     what = f"code scoring of {args.rows}" if args.code_only else \
@@ -125,11 +121,8 @@ def main():
     for r in range(args.rounds):
         for name, code in sides.items():
             env = {**os.environ, "PYTHONPATH": code}
-            out = subprocess.run([sys.executable, os.path.join(ROOT, "bench/eval.py"), "--side", "x", "--baseline",
-                                  args.baseline] + flags, cwd=code, env=env, capture_output=True, text=True)
-            if out.returncode:
-                sys.exit(f"{name} failed:\n{out.stderr[-3000:]}")
-            runs[name].append(json.loads(next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))[7:]))
+            runs[name].append(run_side(name, [sys.executable, os.path.join(ROOT, "bench/eval.py"), "--side", "x",
+                                              "--baseline", args.baseline] + flags, code, env))
             print(f"  round {r + 1} {name}: wall {runs[name][-1]['total'][0]:.1f} s, "
                   f"cpu {runs[name][-1]['total'][1]:.1f} s", flush=True)
     keys = ("total",) + PHASES

@@ -15,14 +15,13 @@ unchanged, the same responses.
 """
 
 import argparse
-import io
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tarfile
 import tempfile
+
+from sides import checkout, run_side  # bench/sides.py (bench/ is this script's folder)
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -92,10 +91,7 @@ def main():
     if not os.path.exists(args.data):
         sys.exit(f"{args.data} is missing; make it with: python -m minirlvr.world build --out runs/world3 --version 3")
 
-    base = tempfile.mkdtemp(prefix="bench_baseline_")
-    archive = subprocess.run(["git", "-C", ROOT, "archive", args.baseline], check=True, capture_output=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as t:
-        t.extractall(base, filter="data")
+    base = checkout(ROOT, args.baseline)
     sides = {f"baseline ({args.baseline})": (base, args.fast), "this": (ROOT, args.fast or args.fast_this)}
     steps = {k: [] for k in sides}
     fast = "both sides" if args.fast else "this side" if args.fast_this else "neither"
@@ -105,14 +101,10 @@ def main():
     for r in range(args.rounds):
         for name, (code, fast) in sides.items():
             env = {**os.environ, "PYTHONPATH": code, "OMP_NUM_THREADS": "1"}
-            out = subprocess.run([sys.executable, os.path.join(ROOT, "bench/grpo_phases.py"), "--side", "x",
-                                  "--baseline", args.baseline, "--model", args.model, "--data", args.data,
-                                  "--prompts", str(args.prompts), "--group", str(args.group),
-                                  "--steps", str(args.steps), "--seed", str(args.seed)] + (["--fast"] if fast else []),
-                                 cwd=code, env=env, capture_output=True, text=True)
-            if out.returncode:
-                sys.exit(f"{name} failed:\n{out.stderr[-3000:]}")
-            rows = json.loads(next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))[7:])
+            rows = run_side(name, [sys.executable, os.path.join(ROOT, "bench/grpo_phases.py"), "--side", "x",
+                                   "--baseline", args.baseline, "--model", args.model, "--data", args.data,
+                                   "--prompts", str(args.prompts), "--group", str(args.group), "--steps",
+                                   str(args.steps), "--seed", str(args.seed)] + (["--fast"] if fast else []), code, env)
             steps[name] += rows[1:]
             print(f"  round {r + 1} {name}: step {statistics.median(s['step'] for s in rows[1:]):.2f} s", flush=True)
     keys = ("step", "generate", "logprob", "update")

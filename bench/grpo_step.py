@@ -42,6 +42,8 @@ import sys
 import tempfile
 import time
 
+from sides import result  # bench/sides.py (bench/ is this script's folder)
+
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
@@ -247,7 +249,7 @@ def main():
         _, status, usage = os.wait4(p.pid, 0)
         if status != 0:
             sys.exit(f"{side} failed (status {status})")
-        r = json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[7:])
+        r = result(out)
         r["peak_mb"] = usage.ru_maxrss / 1024  # Linux reports KiB
         r["steps"] = r["steps"][cfg["warmup"]:]
         med = lambda key: statistics.median(s[key] for s in r["steps"])  # noqa: E731
