@@ -11,6 +11,10 @@
     python experiments/e1v3.py all                 # all of the above, in order
     python experiments/e1v3.py dose                # post hoc, exploratory: seed 0 of four arms at every grid lr
 
+    --fast --out results/E1v3-fast   # the same design on the speed paths (`train.py grpo --fast true`,
+                                     # `eval.py run --fast`: same distributions, other rounding and random
+                                     # stream), into its own folder; the pre-registered results stay as they are
+
 Every arm starts from the v3 base (assets/miniworld3-base) and gets the same budget: STEPS optimiser steps of
 PER_STEP prompts (SFT: one chat per prompt; GRPO: G = 8 samples per prompt), drawn from the same 640 training
 prompts, with warmup and cosine decay. Every stage skips work whose output is already on disk, so an
@@ -41,6 +45,7 @@ SAFETY_SETS = ["eval_harmful", "eval_benign", "suite_direct", "suite_prefix_inje
                "suite_roleplay", "suite_distraction"]
 SFT_GRID, GRPO_GRID = (3e-5, 1e-4, 3e-4), (1e-5, 3e-5, 1e-4)
 PASS_K = 64  # pass@64 at T = 1 for the base and GRPO (P1: RL sharpens inside what the base can already reach)
+FAST: tuple[str, ...] = ()  # eval.py's speed flag, ("--fast",) under --fast; set once by main(), like OUT and DATA
 
 
 @dataclass(frozen=True)
@@ -84,18 +89,23 @@ def train_argv(arm: Arm, lr: float, seed: int, out: Path) -> list[str]:
         return [PY, "train.py", "sft", *common, "--batch_size", str(PER_STEP), "--pack", "false", "--block_size",
                 "256", "--weight_decay", "0.0"]
     return [PY, "train.py", arm.stage, *common, "--prompts_per_step", str(PER_STEP), "--group_size", str(GROUP),
-            "--kl_coef", str(arm.beta), "--max_new_tokens", "96", *arm.flags]
+            "--kl_coef", str(arm.beta), "--max_new_tokens", "96", *arm.flags, *(["--fast", "true"] if FAST else [])]
+
+
+def ev(model: Path, out: Path, w: Path, temperature: float = 0.0, sets=None, extra: list[str] = ()) -> list[str]:
+    """An eval.py command over every prompt of `sets` (common.eval_cmd), on the speed path under --fast."""
+    return eval_cmd(model, out, w, 0, temperature, sets, [*extra, *FAST])
 
 
 def eval_jobs(model: Path, d: Path, w: Path, pass_k: bool = False) -> list[tuple[list[str], Path]]:
     """Greedy on every set (all prompts), 8 samples at T = 1 on math_test, and pass@64 if asked."""
     jobs = []
     if not (d / "eval.jsonl").is_file():
-        jobs.append((eval_cmd(model, d / "eval.jsonl", w, 0, sets=["math_test", *SAFETY_SETS]), d / "eval.log"))
+        jobs.append((ev(model, d / "eval.jsonl", w, sets=["math_test", *SAFETY_SETS]), d / "eval.log"))
     if not (d / "eval_t1.jsonl").is_file():
-        jobs.append((eval_cmd(model, d / "eval_t1.jsonl", w, 0, 1.0, ["math_test"], ["--samples", "8"]), d / "eval_t1.log"))
+        jobs.append((ev(model, d / "eval_t1.jsonl", w, 1.0, ["math_test"], ["--samples", "8"]), d / "eval_t1.log"))
     if pass_k and not (d / f"eval_k{PASS_K}.jsonl").is_file():
-        jobs.append((eval_cmd(model, d / f"eval_k{PASS_K}.jsonl", w, 0, 1.0, ["math_test"],
+        jobs.append((ev(model, d / f"eval_k{PASS_K}.jsonl", w, 1.0, ["math_test"],
                               ["--samples", str(PASS_K), "--batch_size", "16"]), d / f"eval_k{PASS_K}.log"))
     return jobs
 
@@ -142,7 +152,8 @@ def make_data(w: Path, jobs: int) -> None:
     d = DATA / "base_samples"
     gen = [(d / "greedy.jsonl", "0.0", "1"), (d / "t1.jsonl", "1.0", "8")]
     parallel([([PY, "eval.py", "run", "--model", str(BASE), "--math", str(DATA / "prompts.jsonl"), "--out", str(f),
-                "--temperature", t, "--samples", n, "--max_new_tokens", "96", "--seed", "0"], f.with_suffix(".log"))
+                "--temperature", t, "--samples", n, "--max_new_tokens", "96", "--seed", "0", *FAST],
+               f.with_suffix(".log"))
               for f, t, n in gen if not f.is_file()], jobs)
     noop, rft = noop_and_rft(read_jsonl(d / "greedy.jsonl"), read_jsonl(d / "t1.jsonl"))
     save("noop.jsonl", noop)
@@ -160,7 +171,7 @@ def select_lrs(w: Path, jobs: int) -> dict:
             if not finished(d):
                 train.append((train_argv(arm, lr, 0, d), d / "train.log"))
             if not (d / "dev.jsonl").is_file():
-                evals.append((eval_cmd(d / "model", d / "dev.jsonl", w, 0, sets=["math_dev"]), d / "dev.log"))
+                evals.append((ev(d / "model", d / "dev.jsonl", w, sets=["math_dev"]), d / "dev.log"))
     parallel(train, jobs)
     parallel(evals, jobs)
     chosen: dict = {}
@@ -243,7 +254,7 @@ def temps(w: Path, jobs: int) -> None:
         for t in TEMPS:
             f = d / f"eval_T{t:g}.jsonl"
             if model.is_dir() and not f.is_file():
-                todo.append((eval_cmd(model, f, w, 0, t, SAFETY_SETS), f.with_suffix(".log")))
+                todo.append((ev(model, f, w, t, SAFETY_SETS), f.with_suffix(".log")))
     parallel(todo, jobs)
 
 
@@ -270,13 +281,14 @@ def dose(w: Path, jobs: int) -> None:
             if not finished(d):
                 train.append((train_argv(ALL_ARMS[name], lr, 0, d), d / "train.log"))
             if not (d / "eval.jsonl").is_file():
-                evals.append((eval_cmd(d / "model", d / "eval.jsonl", w, 0, sets=["math_test", *SAFETY_SETS]),
+                evals.append((ev(d / "model", d / "eval.jsonl", w, sets=["math_test", *SAFETY_SETS]),
                               d / "eval.log"))
     parallel(train, jobs)
     parallel(evals, jobs)
 
 
 def main() -> None:
+    global OUT, DATA, FAST
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", choices=["gonogo", "data", "select", "arms", "probes", "report", "export", "temps",
                                           "all", "dose"])
@@ -284,7 +296,11 @@ def main() -> None:
     ap.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ALL_ARMS),
                     help="default: the pre-registered arms; secondary: " + " ".join(SECONDARY))
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=OUT, help="where every stage reads and writes (default: %(default)s)")
+    ap.add_argument("--fast", action="store_true", help="GRPO and evaluation on their speed paths (issue 16); "
+                    "numbers differ from the default path's, so use a fresh --out")
     a = ap.parse_args()
+    OUT, DATA, FAST = a.out.resolve(), a.out.resolve() / "data", ("--fast",) if a.fast else ()
     w = world(3)
     if a.stage in ("gonogo", "all") and not gonogo(w, a.jobs)["go"] and a.stage == "all":
         sys.exit("go/no-go failed: change W1 only (PREREGISTRATION.md), rebuild the base, report the attempt")
