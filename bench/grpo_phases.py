@@ -55,17 +55,18 @@ def child(cfg: dict):
         ro = rollout(run, c, step)
         b = ro.batch
         first = [i for i, g in enumerate(b.prompt_id.tolist()) if g not in b.prompt_id[:i].tolist()]
-        real.append(int(b.key_mask[first, :b.prompt_len].sum() + b.response_mask.sum()))
+        real.append((int(b.key_mask[first, :b.prompt_len].sum()), int(b.response_mask.sum())))
         return ro
 
     grpo.step_rollout = counted_rollout
     grpo.train_grpo(grpo.GRPOConfig(
         out=tempfile.mkdtemp(prefix="bench_phases_"), init=cfg["model"], data=[cfg["data"]], steps=cfg["steps"],
         prompts_per_step=cfg["prompts"], group_size=cfg["group"], seed=cfg["seed"], fast=cfg["fast"],
-        progress=False, save_every=0))
+        kl_coef=cfg["kl_coef"], progress=False, save_every=0))
     print("RESULT " + json.dumps([{"generate": r["time_generate"], "logprob": r["time_logprob"],
                                    "update": r["time_update"], "step": r["time_s"], "slots": r["slots"],
-                                   "real": n, "reward": r["reward_mean"]} for r, n in zip(rows, real)]))
+                                   "real": p + n, "prompt": p, "response": n, "reward": r["reward_mean"]}
+                                  for r, (p, n) in zip(rows, real)]))
 
 
 def main():
@@ -82,10 +83,11 @@ def main():
     ap.add_argument("--fast-this", action="store_true", help="only this side with GRPOConfig.fast (the baseline's "
                     "default path against this code's fast path)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--kl_coef", type=float, default=0.05, help="beta (0: no reference pass)")
     ap.add_argument("--side", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     cfg = dict(model=args.model, data=args.data, prompts=args.prompts, group=args.group, steps=args.steps,
-               fast=args.fast, seed=args.seed)
+               fast=args.fast, seed=args.seed, kl_coef=args.kl_coef)
     if args.side:
         return child(cfg)
     if not os.path.exists(args.data):
@@ -104,7 +106,8 @@ def main():
             rows = run_side(name, [sys.executable, os.path.join(ROOT, "bench/grpo_phases.py"), "--side", "x",
                                    "--baseline", args.baseline, "--model", args.model, "--data", args.data,
                                    "--prompts", str(args.prompts), "--group", str(args.group), "--steps",
-                                   str(args.steps), "--seed", str(args.seed)] + (["--fast"] if fast else []), code, env)
+                                   str(args.steps), "--seed", str(args.seed), "--kl_coef", str(args.kl_coef)]
+                           + (["--fast"] if fast else []), code, env)
             steps[name] += rows[1:]
             print(f"  round {r + 1} {name}: step {statistics.median(s['step'] for s in rows[1:]):.2f} s", flush=True)
     keys = ("step", "generate", "logprob", "update")
@@ -117,6 +120,28 @@ def main():
     print(f"{'baseline / this':<22}" + "".join(f"{b[k] / t[k]:9.2f}x" for k in keys))
     rewards = [[s["reward"] for s in v] for v in steps.values()]
     print("same rewards step for step" if rewards[0] == rewards[1] else "rewards differ (another sampler)")
+    limits(args, steps["this"])
+
+
+def limits(args, rows: list[dict]) -> None:
+    """The least time any fp32 implementation could take for this side's work: the FLOPs of the tokens a step
+    needs (each group's prompt once and every response: generated once, scored once by the reference, then
+    forward + backward, 3x, in the update) at this machine's one-thread matmul peak, measured now."""
+    from sampler import matmul_peak, work_per_step  # bench/sampler.py
+    from minirlvr import Transformer
+    peak = max(matmul_peak().values())
+    P, R = args.prompts, args.prompts * args.group
+    prompt, response = (statistics.median(s[k] for s in rows) for k in ("prompt", "response"))
+    _, per_token = work_per_step(Transformer.from_pretrained(args.model), 1, prompt / P + response / R / 2)
+    passes = {"generate": 1, "logprob": 1 if args.kl_coef > 0 else 0, "update": 3}
+    bound = {k: n * (prompt + response) * per_token / peak for k, n in passes.items()}
+    bound["step"] = sum(bound.values())
+    print(f"limit: {prompt + response:.0f} tokens needed per step x {per_token / 1e6:.2f} MFLOP per token per pass, at "
+          f"{peak / 1e9:.0f} GFLOP/s (one-thread fp32 matmul peak, measured now); CPU s at the peak / share of it:")
+    print(f"{'at peak':<22}" + "".join(f"{bound[k]:10.2f}" for k in ("step", *passes)))
+    med = {k: statistics.median(s[k] for s in rows) for k in bound}
+    print(f"{'this side, of peak':<22}" + "".join(f"{bound[k] / med[k]:10.0%}" if med[k] else f"{'-':>10}"
+                                                 for k in ("step", *passes)))
 
 
 if __name__ == "__main__":
